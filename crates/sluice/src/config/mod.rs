@@ -1,0 +1,433 @@
+//! Configuration in two phases: [`raw`] is what the admin wrote (serde, unknown keys rejected, documented
+//! defaults); [`Config`] is what the server runs on (addresses parsed, certificates loaded, secrets read).
+//!
+//! Every error names the key, and for syntax errors the line, so `sluice check-config` can point at it.
+
+pub mod raw;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+pub use raw::{ListenerTls, UpstreamKind, UpstreamTls};
+use raw::RawConfig;
+
+use crate::scheduler::retry::RetryPolicy;
+
+/// The configuration compiled into the binary, used by `sluice serve` without `--config`: a relay on
+/// 127.0.0.1:2525 for local clients, spooling to `./spool`, forwarding to a plain SMTP server on
+/// 127.0.0.1:2526.
+pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Syntax(String),
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl fmt::Display) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), message: message.to_string() }
+}
+
+/// A secret read from a file or the environment. Its `Debug` never shows the value, so it cannot leak
+/// into logs through a derived `Debug` of a containing struct.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+#[derive(Debug)]
+pub struct Config {
+    pub hostname: String,
+    pub spool_dir: PathBuf,
+    pub listeners: Vec<ListenerConfig>,
+    pub users: Vec<UserConfig>,
+    pub upstream: UpstreamConfig,
+    pub retry: RetryPolicy,
+    /// Things that work but that the admin should know about (printed by serve and check-config).
+    pub warnings: Vec<String>,
+}
+
+#[derive(Clone)]
+pub struct ListenerConfig {
+    pub address: SocketAddr,
+    pub tls: ListenerTls,
+    pub tls_config: Option<Arc<rustls::ServerConfig>>,
+    pub allowed_networks: Vec<IpNet>,
+    pub auth: bool,
+    pub insecure_allow_plaintext_auth: bool,
+    pub max_message_size: u64,
+    pub max_recipients: usize,
+    pub max_connections: usize,
+    pub idle_timeout: Duration,
+    pub data_timeout: Duration,
+}
+
+impl fmt::Debug for ListenerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ListenerConfig")
+            .field("address", &self.address)
+            .field("tls", &self.tls)
+            .field("allowed_networks", &self.allowed_networks)
+            .field("auth", &self.auth)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct UserConfig {
+    pub name: String,
+    pub password_hash: String,
+}
+
+#[derive(Clone)]
+pub struct UpstreamConfig {
+    pub kind: UpstreamKind,
+    pub host: String,
+    pub port: u16,
+    pub tls: UpstreamTls,
+    pub tls_config: Arc<rustls::ClientConfig>,
+    pub server_name: ServerName<'static>,
+    pub credentials: Option<(String, Secret)>,
+    pub helo_name: String,
+    pub connections: usize,
+    pub max_messages_per_connection: usize,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls)
+            .field("username", &self.credentials.as_ref().map(|(user, _)| user))
+            .finish_non_exhaustive()
+    }
+}
+
+impl UpstreamConfig {
+    /// "host:port", for logs and DSNs.
+    pub fn display_name(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// Reads and resolves a configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse(&text, base)
+}
+
+/// Parses configuration text; relative paths in it are taken relative to `base`.
+pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+    resolve(raw, base)
+}
+
+fn resolve(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
+    let mut warnings = Vec::new();
+    let hostname = match raw.hostname {
+        Some(name) => name,
+        None => gethostname::gethostname().to_string_lossy().into_owned(),
+    };
+    if hostname.is_empty() || hostname.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid("hostname", format!("{hostname:?} is not a valid host name")));
+    }
+    if raw.listeners.is_empty() {
+        return Err(invalid("listener", "at least one [[listener]] is required"));
+    }
+    let mut listeners = Vec::new();
+    for (i, l) in raw.listeners.into_iter().enumerate() {
+        let key = format!("listener[{i}]");
+        let address: SocketAddr = l
+            .address
+            .parse()
+            .map_err(|e| invalid(format!("{key}.address"), format!("{:?}: {e}", l.address)))?;
+        let allowed_networks = l
+            .allowed_networks
+            .iter()
+            .map(|n| parse_network(n).map_err(|e| invalid(format!("{key}.allowed_networks"), e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let tls_config = match l.tls {
+            ListenerTls::None => None,
+            ListenerTls::Starttls | ListenerTls::Implicit => {
+                let (Some(cert), Some(keyf)) = (&l.cert_file, &l.key_file) else {
+                    return Err(invalid(
+                        format!("{key}.cert_file"),
+                        "tls = \"starttls\" or \"implicit\" needs cert_file and key_file",
+                    ));
+                };
+                Some(Arc::new(server_tls(&base.join(cert), &base.join(keyf), &key)?))
+            }
+        };
+        if l.auth && l.insecure_allow_plaintext_auth {
+            warnings.push(format!(
+                "{key} ({address}): insecure_allow_plaintext_auth is set: passwords may cross the network unencrypted"
+            ));
+        }
+        if l.auth && l.tls == ListenerTls::None && !l.insecure_allow_plaintext_auth {
+            // Not an error: the listener still serves allowed networks. AUTH is simply never offered.
+        }
+        if l.max_connections == 0 || l.max_recipients == 0 || l.max_message_size == 0 {
+            return Err(invalid(&key, "max_connections, max_recipients and max_message_size must be > 0"));
+        }
+        listeners.push(ListenerConfig {
+            address,
+            tls: l.tls,
+            tls_config,
+            allowed_networks,
+            auth: l.auth,
+            insecure_allow_plaintext_auth: l.insecure_allow_plaintext_auth,
+            max_message_size: l.max_message_size,
+            max_recipients: l.max_recipients,
+            max_connections: l.max_connections,
+            idle_timeout: l.idle_timeout,
+            data_timeout: l.data_timeout,
+        });
+    }
+
+    let mut users = Vec::new();
+    for (i, u) in raw.users.into_iter().enumerate() {
+        if let Err(e) = argon2::PasswordHash::new(&u.password_hash) {
+            return Err(invalid(
+                format!("user[{i}].password_hash"),
+                format!("not an argon2 PHC string (use `sluice passwd`): {e}"),
+            ));
+        }
+        if u.name.is_empty() {
+            return Err(invalid(format!("user[{i}].name"), "must not be empty"));
+        }
+        if users.iter().any(|v: &UserConfig| v.name == u.name) {
+            return Err(invalid(format!("user[{i}].name"), format!("duplicate user {:?}", u.name)));
+        }
+        users.push(UserConfig { name: u.name, password_hash: u.password_hash });
+    }
+
+    let upstream = resolve_upstream(raw.upstream, base, &hostname, &mut warnings)?;
+
+    let retry = RetryPolicy {
+        initial_interval: raw.retry.initial_interval,
+        max_interval: raw.retry.max_interval,
+        max_age: raw.retry.max_age,
+    };
+    if retry.initial_interval.is_zero() || retry.max_interval < retry.initial_interval {
+        return Err(invalid("retry", "need 0 < initial_interval <= max_interval"));
+    }
+
+    let spool_dir = base.join(raw.spool_dir);
+    Ok(Config { hostname, spool_dir, listeners, users, upstream, retry, warnings })
+}
+
+fn resolve_upstream(
+    u: raw::RawUpstream,
+    base: &Path,
+    hostname: &str,
+    warnings: &mut Vec<String>,
+) -> Result<UpstreamConfig, ConfigError> {
+    let password = match (&u.password_file, &u.password_env) {
+        (Some(_), Some(_)) => {
+            return Err(invalid("upstream.password_file", "set password_file or password_env, not both"));
+        }
+        (Some(file), None) => {
+            let path = base.join(file);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| invalid("upstream.password_file", format!("{}: {e}", path.display())))?;
+            Some(Secret(text.trim_end_matches(['\r', '\n']).to_owned()))
+        }
+        (None, Some(var)) => Some(Secret(
+            std::env::var(var)
+                .map_err(|_| invalid("upstream.password_env", format!("environment variable {var} is not set")))?,
+        )),
+        (None, None) => None,
+    };
+    let credentials = match (u.username, password) {
+        (Some(user), Some(pass)) => Some((user, pass)),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(invalid("upstream.username", "needs password_file or password_env"));
+        }
+        (None, Some(_)) => return Err(invalid("upstream.username", "a password is set but no username")),
+    };
+    if credentials.is_some() && u.tls == UpstreamTls::None {
+        return Err(invalid(
+            "upstream.tls",
+            "AUTH would send the password unencrypted: use tls = \"starttls\" or \"implicit\"",
+        ));
+    }
+    if u.tls == UpstreamTls::None {
+        warnings.push(format!(
+            "upstream {}:{}: tls = \"none\": mail leaves sluice unencrypted",
+            u.host, u.port
+        ));
+    }
+    if u.connections == 0 || u.max_messages_per_connection == 0 {
+        return Err(invalid("upstream", "connections and max_messages_per_connection must be > 0"));
+    }
+    let name = u.tls_server_name.clone().unwrap_or_else(|| u.host.clone());
+    let server_name = ServerName::try_from(name.clone())
+        .map_err(|e| invalid("upstream.tls_server_name", format!("{name:?}: {e}")))?;
+    let tls_config = Arc::new(client_tls(u.ca_file.as_ref().map(|f| base.join(f)).as_deref())?);
+    Ok(UpstreamConfig {
+        kind: u.kind,
+        host: u.host,
+        port: u.port,
+        tls: u.tls,
+        tls_config,
+        server_name,
+        credentials,
+        helo_name: u.helo_name.unwrap_or_else(|| hostname.to_owned()),
+        connections: u.connections,
+        max_messages_per_connection: u.max_messages_per_connection,
+        connect_timeout: u.connect_timeout,
+        command_timeout: u.command_timeout,
+        idle_timeout: u.idle_timeout,
+    })
+}
+
+/// Accepts "10.0.0.0/8" and also a bare address ("192.0.2.7"), meaning that one host.
+fn parse_network(text: &str) -> Result<IpNet, String> {
+    if let Ok(net) = text.parse::<IpNet>() {
+        return Ok(net);
+    }
+    text.parse::<std::net::IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("{text:?} is neither a CIDR network nor an IP address"))
+}
+
+fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn server_tls(cert: &Path, key: &Path, config_key: &str) -> Result<rustls::ServerConfig, ConfigError> {
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| invalid(format!("{config_key}.cert_file"), format!("{}: {e}", cert.display())))?;
+    if certs.is_empty() {
+        return Err(invalid(format!("{config_key}.cert_file"), format!("{}: no certificate", cert.display())));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| invalid(format!("{config_key}.key_file"), format!("{}: {e}", key.display())))?;
+    // TLS 1.2 and 1.3 only: rustls does not implement older versions.
+    rustls::ServerConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| invalid(config_key, e))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key_der)
+        .map_err(|e| invalid(format!("{config_key}.key_file"), e))
+}
+
+fn client_tls(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, ConfigError> {
+    let mut roots = rustls::RootCertStore::empty();
+    // The system store may be missing or partly unreadable on minimal hosts; a CA file can stand in.
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = ca_file {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| invalid("upstream.ca_file", format!("{}: {e}", path.display())))?;
+        if certs.is_empty() {
+            return Err(invalid("upstream.ca_file", format!("{}: no certificate", path.display())));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| invalid("upstream.ca_file", format!("{}: {e}", path.display())))?;
+        }
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| invalid("upstream.tls", e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal(extra: &str) -> String {
+        format!(
+            "spool_dir = \"spool\"\nhostname = \"relay.test\"\n[[listener]]\naddress = \"127.0.0.1:2525\"\n\
+             allowed_networks = [\"127.0.0.0/8\", \"::1\"]\n[upstream]\nhost = \"127.0.0.1\"\nport = 2526\ntls = \"none\"\n{extra}"
+        )
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let config = parse(EMBEDDED_DEFAULT, Path::new(".")).expect("embedded default parses");
+        assert_eq!(config.listeners.len(), 1);
+        assert_eq!(config.upstream.tls, UpstreamTls::None);
+    }
+
+    #[test]
+    fn defaults_are_documented_values() {
+        let config = parse(&minimal(""), Path::new("/etc/sluice")).unwrap();
+        let l = &config.listeners[0];
+        assert_eq!(l.max_message_size, 35 * 1024 * 1024);
+        assert_eq!(l.max_recipients, 100);
+        assert_eq!(l.idle_timeout, Duration::from_secs(300));
+        assert!(l.auth && !l.insecure_allow_plaintext_auth);
+        assert_eq!(l.allowed_networks.len(), 2);
+        assert_eq!(config.spool_dir, Path::new("/etc/sluice/spool"));
+        assert_eq!(config.retry.max_age, Duration::from_secs(5 * 86400));
+        assert_eq!(config.upstream.helo_name, "relay.test");
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let err = parse(&minimal("[retry]\nmax_agee = \"1d\"\n"), Path::new(".")).unwrap_err().to_string();
+        assert!(err.contains("max_agee"), "{err}");
+        assert!(err.contains("line 11"), "{err}");
+    }
+
+    #[test]
+    fn bad_network_is_named() {
+        let text = minimal("").replace("\"::1\"", "\"10.0.0.0/33\"");
+        let err = parse(&text, Path::new(".")).unwrap_err().to_string();
+        assert!(err.contains("listener[0].allowed_networks"), "{err}");
+        assert!(err.contains("10.0.0.0/33"), "{err}");
+    }
+
+    #[test]
+    fn plaintext_upstream_auth_is_refused() {
+        let text = minimal("").replace(
+            "tls = \"none\"",
+            "tls = \"none\"\nusername = \"u\"\npassword_env = \"SLUICE_TEST_SURELY_SET_PATH\"",
+        );
+        // SAFETY-free: PATH is always set in test environments; we only need *some* variable.
+        let text = text.replace("SLUICE_TEST_SURELY_SET_PATH", "PATH");
+        let err = parse(&text, Path::new(".")).unwrap_err().to_string();
+        assert!(err.contains("upstream.tls"), "{err}");
+    }
+
+    #[test]
+    fn secret_debug_is_redacted() {
+        let s = Secret("hunter2".into());
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}

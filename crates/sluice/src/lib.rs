@@ -1,0 +1,27 @@
+//! sluice: an SMTP relay that accepts mail from devices on a LAN, keeps it on disk, and forwards it to
+//! Microsoft 365 or any smarthost, retrying what is temporary and bouncing what is permanent.
+//!
+//! The modules follow the path of a message:
+//!
+//! ```text
+//! listener ──► policy ──► spool ──► scheduler ──► upstream
+//! (SMTP in)   (may it?)  (durable)  (when/retry)  (SMTP out, classify)
+//! ```
+//!
+//! - [`listener`]: accept loops and the SMTP session, one file per stage (EHLO, AUTH, MAIL, RCPT, DATA).
+//! - [`policy`]: who may relay (allowed networks, authenticated users) and password checks.
+//! - [`spool`]: files on disk; a message is acknowledged only once it is durable there.
+//! - [`scheduler`]: the in-memory queue over the spool, delivery workers, the pure retry schedule.
+//! - [`upstream`]: the SMTP client and the single outcome classifier.
+//! - [`dsn`]: bounces (RFC 3464). [`config`]: raw TOML → resolved runtime config. [`server`]: wiring.
+//!
+//! The wire protocol itself (parsing, replies, dot-stuffing) lives in the `smtp-wire` crate, which does no I/O.
+
+pub mod config;
+pub mod dsn;
+pub mod listener;
+pub mod policy;
+pub mod scheduler;
+pub mod server;
+pub mod spool;
+pub mod upstream;

@@ -1,0 +1,148 @@
+//! DATA: receive the content, make it durable, and only then say 250.
+
+use smtp_wire::{DataLimits, DataReceiver, Reply};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::{error, info, warn};
+
+use super::received::{self, ReceivedInfo};
+use super::session::{Flow, Input, MAX_TEXT_LINE, Session};
+use crate::spool::{QueueRecord, RECORD_VERSION, RecipientState, RecipientStatus, Spool, now_ms};
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+    pub(super) async fn data(&mut self) -> Flow {
+        let Some(tx) = &self.state.tx else {
+            self.reply(Reply::with_code(503, 5, 5, 1, "Error: need MAIL command"));
+            return self.count_error();
+        };
+        if tx.recipients.is_empty() {
+            self.reply(Reply::with_code(554, 5, 5, 1, "Error: no valid recipients"));
+            return self.count_error();
+        }
+        let config = &self.state.ctx.config;
+        let hostname = self.state.ctx.shared.hostname.clone();
+        let id = Spool::new_id();
+        let single = (tx.recipients.len() == 1).then(|| tx.recipients[0].to_string());
+        let header = received::render(&ReceivedInfo {
+            helo: self.state.helo.as_deref().unwrap_or(""),
+            client_ip: crate::policy::canonical(self.state.peer.ip()),
+            hostname: &hostname,
+            esmtp: self.state.esmtp,
+            tls: self.state.tls.as_ref(),
+            auth_user: self.state.auth_user.as_deref(),
+            queue_id: &id,
+            single_recipient: single.as_deref(),
+            date: chrono::Utc::now(),
+        });
+        let max_size = config.max_message_size;
+        let data_timeout = config.data_timeout;
+        let expected = tx.params.size.unwrap_or(0).min(max_size) as usize;
+        let mut body = Vec::with_capacity(header.len() + expected.max(8 * 1024) + 64);
+        body.extend_from_slice(header.as_bytes());
+
+        self.reply(Reply::new(354, None, "End data with <CR><LF>.<CR><LF>"));
+        let mut receiver = DataReceiver::new(DataLimits { max_size, max_line: MAX_TEXT_LINE });
+        loop {
+            let fed = receiver.feed(&self.rbuf[self.rpos..], &mut body);
+            self.rpos += fed.consumed;
+            if fed.done {
+                break;
+            }
+            match self.fill(data_timeout, false).await {
+                Input::Data => {}
+                Input::Timeout => {
+                    self.state.tx = None;
+                    let text = format!("{hostname} Error: timeout exceeded");
+                    self.reply(Reply::with_code(421, 4, 4, 2, text));
+                    warn!(client = %self.state.peer, "timeout during DATA; nothing queued");
+                    return Flow::Close("timeout in DATA");
+                }
+                Input::Eof | Input::Error | Input::Shutdown => {
+                    self.state.tx = None;
+                    warn!(client = %self.state.peer, "connection lost during DATA; nothing queued");
+                    return Flow::Close("client disconnected in DATA");
+                }
+            }
+        }
+
+        let tx = self.state.tx.take().expect("checked at the start");
+        let summary = receiver.summary();
+        if summary.oversize {
+            self.reply(Reply::with_code(552, 5, 3, 4, format!("Message size exceeds fixed limit of {max_size} bytes")));
+            return self.count_error();
+        }
+        if summary.long_lines > 0 {
+            self.reply(Reply::with_code(
+                552,
+                5,
+                3,
+                4,
+                format!("Message has lines longer than {MAX_TEXT_LINE} octets (RFC 5321 section 4.5.3.1.6)"),
+            ));
+            return self.count_error();
+        }
+
+        let now = now_ms();
+        let smtputf8 = tx.params.smtputf8
+            || tx.sender.as_ref().is_some_and(|s| !s.is_ascii())
+            || tx.recipients.iter().any(|r| !r.is_ascii());
+        let record = QueueRecord {
+            version: RECORD_VERSION,
+            id: id.clone(),
+            sender: tx.sender.as_ref().map(ToString::to_string).unwrap_or_default(),
+            recipients: tx
+                .recipients
+                .iter()
+                .map(|r| RecipientState { address: r.to_string(), status: RecipientStatus::Pending, last_reply: None })
+                .collect(),
+            received_at_ms: now,
+            attempts: 0,
+            next_attempt_ms: now,
+            last_reply: None,
+            size: body.len() as u64,
+            eight_bit: summary.eight_bit,
+            smtputf8,
+            client: format!(
+                "{} [{}]{}",
+                self.state.helo.as_deref().unwrap_or(""),
+                self.state.peer.ip(),
+                self.state.auth_user.as_ref().map(|u| format!(" user={u}")).unwrap_or_default()
+            ),
+        };
+
+        let spool = self.state.ctx.shared.spool.clone();
+        let to_commit = record.clone();
+        let committed = tokio::task::spawn_blocking(move || spool.commit(&to_commit, &body)).await;
+        match committed {
+            Ok(Ok(())) => {
+                info!(
+                    queue_id = %id,
+                    client = %self.state.peer,
+                    from = %record.sender,
+                    recipients = record.recipients.len(),
+                    size = record.size,
+                    bare_lf = summary.bare_lf,
+                    "message accepted"
+                );
+                self.state.accepted += 1;
+                self.state.ctx.shared.scheduler.enqueue(record);
+                self.reply(Reply::with_code(250, 2, 0, 0, format!("Ok: queued as {id}")));
+                Flow::Continue
+            }
+            Ok(Err(e)) if e.raw_os_error() == Some(28) /* ENOSPC */ => {
+                error!(queue_id = %id, error = %e, "spool is full; message refused");
+                self.reply(Reply::with_code(452, 4, 3, 1, "Insufficient system storage"));
+                Flow::Continue
+            }
+            Ok(Err(e)) => {
+                error!(queue_id = %id, error = %e, "spool commit failed; message refused");
+                self.reply(Reply::with_code(451, 4, 3, 0, "Error: queue file write error"));
+                Flow::Continue
+            }
+            Err(e) => {
+                error!(queue_id = %id, error = %e, "spool commit task failed; message refused");
+                self.reply(Reply::with_code(451, 4, 3, 0, "Error: queue file write error"));
+                Flow::Continue
+            }
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Where mail comes in: one accept loop per configured listener, one [`session::Session`] per client.
+//!
+//! Flow of a connection: accept → (implicit TLS handshake) → session → (STARTTLS: handshake, new session
+//! on the TLS stream with the state reset) → one log line when it ends.
+
+mod auth;
+mod data;
+mod ehlo;
+mod mail;
+mod rcpt;
+pub mod received;
+pub mod session;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::{ListenerConfig, ListenerTls};
+use crate::policy::Users;
+use crate::scheduler::Scheduler;
+use crate::spool::Spool;
+use session::{Ended, Session, SessionState, TlsInfo};
+
+/// A TLS handshake that takes longer than this is a stuck or hostile client.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What every listener shares.
+pub struct Shared {
+    pub hostname: String,
+    pub spool: Spool,
+    pub scheduler: Scheduler,
+    pub users: Arc<Users>,
+}
+
+/// What one listener's sessions share.
+pub struct ListenerContext {
+    pub config: ListenerConfig,
+    pub shared: Arc<Shared>,
+    pub shutdown: CancellationToken,
+}
+
+/// Accepts connections until `shutdown`; sessions are tracked by `sessions` so the caller can wait for
+/// them to finish.
+pub async fn serve(listener: TcpListener, ctx: Arc<ListenerContext>, sessions: TaskTracker) {
+    let permits = Arc::new(Semaphore::new(ctx.config.max_connections));
+    loop {
+        let accepted = tokio::select! {
+            _ = ctx.shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Typically EMFILE: back off briefly instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let ctx = ctx.clone();
+        match permits.clone().try_acquire_owned() {
+            Ok(permit) => {
+                sessions.spawn(async move {
+                    handle(tcp, peer, ctx).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                sessions.spawn(async move {
+                    warn!(client = %peer, limit = ctx.config.max_connections, "connection refused: too many connections");
+                    let mut tcp = tcp;
+                    let text = format!("421 4.7.0 {} Error: too many connections, try again later\r\n", ctx.shared.hostname);
+                    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.write_all(text.as_bytes())).await;
+                });
+            }
+        }
+    }
+}
+
+async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) {
+    let started = Instant::now();
+    let ended = match ctx.config.tls {
+        ListenerTls::Implicit => match tls_accept(tcp, &ctx).await {
+            Ok((tls, info)) => finish(Session::new(tls, SessionState::new(ctx.clone(), peer, Some(info))).run().await),
+            Err(e) => {
+                warn!(client = %peer, error = %e, "TLS handshake failed");
+                return;
+            }
+        },
+        ListenerTls::None | ListenerTls::Starttls => {
+            match Session::new(tcp, SessionState::new(ctx.clone(), peer, None)).run().await {
+                Ended::Closed(state, why) => (state, why),
+                Ended::StartTls(tcp, state) => match tls_accept(tcp, &ctx).await {
+                    Ok((tls, info)) => finish(Session::new(tls, state.after_tls(info)).run().await),
+                    Err(e) => {
+                        warn!(client = %peer, error = %e, "TLS handshake after STARTTLS failed");
+                        (state, "TLS handshake failed")
+                    }
+                },
+            }
+        }
+    };
+    let (state, why) = ended;
+    info!(
+        client = %peer,
+        helo = state.helo.as_deref().unwrap_or(""),
+        tls = state.tls.as_ref().map(|t| t.version.as_str()).unwrap_or("none"),
+        user = state.auth_user.as_deref().unwrap_or(""),
+        accepted = state.accepted,
+        relay_denied = state.relay_denied,
+        errors = state.errors,
+        ended = why,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "session"
+    );
+}
+
+/// A session on a TLS stream cannot upgrade again; STARTTLS there was already refused with 503.
+fn finish<S>(ended: Ended<S>) -> (SessionState, &'static str) {
+    match ended {
+        Ended::Closed(state, why) => (state, why),
+        Ended::StartTls(_, state) => (state, "second STARTTLS"),
+    }
+}
+
+async fn tls_accept<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    ctx: &ListenerContext,
+) -> std::io::Result<(tokio_rustls::server::TlsStream<S>, TlsInfo)> {
+    let config = ctx.config.tls_config.clone().ok_or_else(|| std::io::Error::other("no TLS certificate configured"))?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let tls = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+    let (_, connection) = tls.get_ref();
+    let version = match connection.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_owned(),
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_owned(),
+        Some(other) => format!("{other:?}"),
+        None => "TLS".to_owned(),
+    };
+    let cipher = connection
+        .negotiated_cipher_suite()
+        .map(|suite| format!("{:?}", suite.suite()))
+        .unwrap_or_else(|| "unknown".to_owned());
+    Ok((tls, TlsInfo { version, cipher }))
+}

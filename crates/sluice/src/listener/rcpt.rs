@@ -1,0 +1,44 @@
+//! RCPT TO: adds a recipient, if the client may relay.
+
+use smtp_wire::{Address, RcptParams, Reply};
+use tracing::warn;
+
+use super::session::SessionState;
+use crate::policy;
+
+impl SessionState {
+    pub fn rcpt(&mut self, to: Address, params: RcptParams) -> Reply {
+        let Some(tx) = &self.tx else {
+            return Reply::with_code(503, 5, 5, 1, "Error: need MAIL command");
+        };
+        if let Some((keyword, _)) = params.unknown.first() {
+            return Reply::with_code(555, 5, 5, 4, format!("Unsupported parameter {keyword}"));
+        }
+        if !to.is_ascii() && !tx.params.smtputf8 {
+            return Reply::with_code(553, 5, 6, 7, "Non-ASCII recipient address needs SMTPUTF8 on MAIL");
+        }
+        let config = &self.ctx.config;
+        if policy::relay_permit(&config.allowed_networks, self.peer.ip(), self.auth_user.as_deref()).is_none() {
+            self.relay_denied += 1;
+            let sender = tx.sender.as_ref().map(ToString::to_string).unwrap_or_default();
+            warn!(
+                client = %self.peer,
+                helo = self.helo.as_deref().unwrap_or(""),
+                from = %sender,
+                to = %to,
+                "relay access denied: client is not in allowed_networks and did not authenticate"
+            );
+            return Reply::with_code(554, 5, 7, 1, format!("<{to}>: Relay access denied"));
+        }
+        let tx = self.tx.as_mut().expect("checked above");
+        if tx.recipients.contains(&to) {
+            // A duplicate would only be delivered twice; accept it once.
+            return Reply::with_code(250, 2, 1, 5, "Ok");
+        }
+        if tx.recipients.len() >= config.max_recipients {
+            return Reply::with_code(452, 4, 5, 3, "Error: too many recipients");
+        }
+        tx.recipients.push(to);
+        Reply::with_code(250, 2, 1, 5, "Ok")
+    }
+}

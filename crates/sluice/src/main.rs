@@ -1,0 +1,169 @@
+//! The `sluice` command line: serve, check-config, passwd.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+use sluice::config;
+
+#[derive(Parser)]
+#[command(name = "sluice", version, about = "SMTP relay for Microsoft 365 and other smarthosts")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the relay. Without --config, runs the embedded default (127.0.0.1:2525 → 127.0.0.1:2526).
+    Serve {
+        #[arg(long, short, env = "SLUICE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Check a configuration file and print what would be served, or the first error.
+    CheckConfig {
+        #[arg(long, short, env = "SLUICE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Read a password (prompted on a terminal, else one line of stdin) and print its argon2 hash for
+    /// a [[user]] password_hash.
+    Passwd,
+    /// Print the embedded default configuration.
+    DefaultConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Serve { config } => serve(config),
+        Command::CheckConfig { config } => check_config(&config),
+        Command::Passwd => passwd(),
+        Command::DefaultConfig => {
+            print!("{}", config::EMBEDDED_DEFAULT);
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn serve(path: Option<PathBuf>) -> ExitCode {
+    let loaded = match &path {
+        Some(path) => config::load(path),
+        None => {
+            tracing::info!("no --config given: running the embedded default configuration");
+            config::parse(config::EMBEDDED_DEFAULT, std::path::Path::new("."))
+        }
+    };
+    let config = match loaded {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("sluice: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("sluice: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        sluice::server::cancel_on_signals(shutdown.clone());
+        match sluice::server::run(config, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                eprintln!("sluice: {e:#}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn check_config(path: &std::path::Path) -> ExitCode {
+    match config::load(path) {
+        Ok(config) => {
+            println!("{}: OK", path.display());
+            println!("  hostname: {}", config.hostname);
+            println!("  spool:    {}", config.spool_dir.display());
+            for l in &config.listeners {
+                let auth = if !l.auth || config.users.is_empty() {
+                    "no AUTH"
+                } else if l.insecure_allow_plaintext_auth {
+                    "AUTH (also without TLS!)"
+                } else if l.tls_config.is_some() {
+                    "AUTH over TLS"
+                } else {
+                    "no AUTH (needs TLS)"
+                };
+                println!("  listener: {} tls={:?} {} allowed_networks={:?}", l.address, l.tls, auth, l.allowed_networks);
+            }
+            println!("  upstream: {} tls={:?}", config.upstream.display_name(), config.upstream.tls);
+            for warning in &config.warnings {
+                println!("  warning:  {warning}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn passwd() -> ExitCode {
+    let password = if std::io::stdin().is_terminal() {
+        match rpassword::prompt_password("Password: ") {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("sluice passwd: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        let mut line = String::new();
+        if let Err(e) = std::io::stdin().lock().read_line(&mut line) {
+            eprintln!("sluice passwd: cannot read stdin: {e}");
+            return ExitCode::FAILURE;
+        }
+        line.trim_end_matches(['\r', '\n']).to_owned()
+    };
+    if password.is_empty() {
+        eprintln!("sluice passwd: empty password refused");
+        return ExitCode::FAILURE;
+    }
+    match sluice::policy::users::hash_password(&password) {
+        Ok(hash) => {
+            println!("{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sluice passwd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

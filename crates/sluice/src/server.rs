@@ -1,0 +1,117 @@
+//! Start-up and shutdown: open the spool and resume what it holds, start the delivery workers, bind the
+//! listeners, and on SIGTERM/Ctrl-C stop accepting, let sessions finish, and keep the queue on disk.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::listener::{self, ListenerContext, Shared};
+use crate::policy::Users;
+use crate::scheduler::Scheduler;
+use crate::spool::Spool;
+
+/// How long sessions in flight get to finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Runs the relay until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    for warning in &config.warnings {
+        warn!("{warning}");
+    }
+    let spool_dir = config.spool_dir.clone();
+    let spool = tokio::task::spawn_blocking(move || Spool::open(&spool_dir))
+        .await?
+        .with_context(|| format!("cannot open spool {}", config.spool_dir.display()))?;
+    let recovery = {
+        let spool = spool.clone();
+        tokio::task::spawn_blocking(move || spool.recover()).await?.context("cannot scan the spool")?
+    };
+    for (id, reason) in &recovery.quarantined {
+        error!(queue_id = %id, %reason, "corrupt queue entry moved to corrupt/");
+    }
+    if recovery.uncommitted_removed > 0 {
+        info!(count = recovery.uncommitted_removed, "removed bodies of messages never acknowledged");
+    }
+    info!(spool = %config.spool_dir.display(), messages = recovery.records.len(), "spool recovered");
+
+    let scheduler = Scheduler::new(spool.clone(), config.upstream.clone(), config.retry, config.hostname.clone());
+    for record in recovery.records {
+        scheduler.enqueue(record);
+    }
+    let workers_stop = CancellationToken::new();
+    let mut workers = scheduler.spawn_workers(workers_stop.clone());
+
+    let shared = Arc::new(Shared {
+        hostname: config.hostname.clone(),
+        spool,
+        scheduler: scheduler.clone(),
+        users: Users::new(&config.users),
+    });
+    let sessions = TaskTracker::new();
+    let listeners = TaskTracker::new();
+    for listener_config in &config.listeners {
+        let socket = TcpListener::bind(listener_config.address)
+            .await
+            .with_context(|| format!("cannot listen on {}", listener_config.address))?;
+        info!(
+            address = %socket.local_addr()?,
+            tls = ?listener_config.tls,
+            allowed_networks = ?listener_config.allowed_networks,
+            "listening"
+        );
+        let ctx = Arc::new(ListenerContext {
+            config: listener_config.clone(),
+            shared: shared.clone(),
+            shutdown: shutdown.clone(),
+        });
+        listeners.spawn(listener::serve(socket, ctx, sessions.clone()));
+    }
+    info!(upstream = %config.upstream.display_name(), hostname = %config.hostname, "sluice is running");
+
+    shutdown.cancelled().await;
+    info!("shutting down: no new connections; waiting for sessions in flight");
+    listeners.close();
+    listeners.wait().await;
+    sessions.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, sessions.wait()).await.is_err() {
+        warn!("sessions still open after {SHUTDOWN_GRACE:?}; closing them (nothing unacknowledged is kept)");
+    }
+    workers_stop.cancel();
+    if tokio::time::timeout(SHUTDOWN_GRACE, async { while workers.join_next().await.is_some() {} }).await.is_err() {
+        warn!("deliveries still in flight after {SHUTDOWN_GRACE:?}; they will be retried at the next start");
+    }
+    info!(queued = scheduler.waiting(), "stopped; the queue is kept on disk");
+    Ok(())
+}
+
+/// Cancels `token` on SIGTERM or SIGINT.
+pub fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(e) => {
+                    error!(error = %e, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    token.cancel();
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        token.cancel();
+    });
+}

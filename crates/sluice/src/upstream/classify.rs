@@ -1,0 +1,112 @@
+//! The one place that decides what an upstream outcome means for a recipient: delivered, try again later,
+//! or give up. SMTP replies, transport errors and HTTP statuses all come through here, so retry, bounce and
+//! logging follow a single rule set.
+
+use smtp_wire::Reply;
+
+use super::TransportError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    Delivered,
+    /// Keep the recipient queued and retry on the schedule.
+    Temporary,
+    /// Bounce the recipient now.
+    Permanent,
+}
+
+/// What happened to one recipient in one attempt.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// The upstream's SMTP reply that decided this recipient (to RCPT, or to the end of DATA).
+    Reply(Reply),
+    /// We did not get a verdict on the message: connection, TLS, authentication, timeout or protocol trouble.
+    Transport(TransportError),
+    /// An HTTP API's answer (status and a short reason), for HTTP-based upstreams.
+    Http { status: u16, reason: String },
+}
+
+impl Outcome {
+    /// One line for logs, records and DSNs.
+    pub fn describe(&self) -> String {
+        match self {
+            Outcome::Reply(reply) => reply.to_string(),
+            Outcome::Transport(err) => err.to_string(),
+            Outcome::Http { status, reason } => format!("HTTP {status} {reason}"),
+        }
+    }
+
+    /// The reply to quote as `Diagnostic-Code: smtp; ...` in a DSN, when the verdict came from an SMTP server.
+    pub fn smtp_reply(&self) -> Option<&Reply> {
+        match self {
+            Outcome::Reply(reply) => Some(reply),
+            _ => None,
+        }
+    }
+}
+
+pub fn classify(outcome: &Outcome) -> Disposition {
+    match outcome {
+        Outcome::Reply(reply) => match reply.code {
+            200..=299 => Disposition::Delivered,
+            500..=599 => Disposition::Permanent,
+            // 4xx, and anything unexpected (a 3xx where a final answer was due): no verdict, try again.
+            _ => Disposition::Temporary,
+        },
+        // A failure to talk to the upstream says nothing about the message: it waits, and expires into a
+        // bounce only after max_age. This includes TLS and AUTH failures, which an admin can fix.
+        Outcome::Transport(_) => Disposition::Temporary,
+        Outcome::Http { status, .. } => match status {
+            200..=299 => Disposition::Delivered,
+            // Throttling, timeouts, server trouble, and an expired or refused token.
+            401 | 408 | 429 | 500..=599 => Disposition::Temporary,
+            _ => Disposition::Permanent,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smtp_wire::EnhancedCode;
+
+    fn reply(code: u16) -> Outcome {
+        Outcome::Reply(Reply::new(code, Some(EnhancedCode::new((code / 100) as u8, 0, 0)), "x"))
+    }
+
+    #[test]
+    fn smtp_reply_classes() {
+        assert_eq!(classify(&reply(250)), Disposition::Delivered);
+        assert_eq!(classify(&reply(251)), Disposition::Delivered);
+        assert_eq!(classify(&reply(421)), Disposition::Temporary);
+        assert_eq!(classify(&reply(451)), Disposition::Temporary);
+        assert_eq!(classify(&reply(354)), Disposition::Temporary);
+        assert_eq!(classify(&reply(550)), Disposition::Permanent);
+        assert_eq!(classify(&reply(554)), Disposition::Permanent);
+    }
+
+    #[test]
+    fn transport_errors_are_temporary() {
+        for err in [
+            TransportError::Connect("refused".into()),
+            TransportError::Tls("bad certificate".into()),
+            TransportError::Timeout("DATA"),
+            TransportError::Closed,
+            TransportError::Session(Reply::new(535, None, "no")),
+            TransportError::Protocol("garbage".into()),
+        ] {
+            assert_eq!(classify(&Outcome::Transport(err)), Disposition::Temporary);
+        }
+    }
+
+    #[test]
+    fn http_statuses() {
+        let http = |status| Outcome::Http { status, reason: String::new() };
+        assert_eq!(classify(&http(202)), Disposition::Delivered);
+        assert_eq!(classify(&http(429)), Disposition::Temporary);
+        assert_eq!(classify(&http(503)), Disposition::Temporary);
+        assert_eq!(classify(&http(401)), Disposition::Temporary);
+        assert_eq!(classify(&http(400)), Disposition::Permanent);
+        assert_eq!(classify(&http(413)), Disposition::Permanent);
+    }
+}
