@@ -431,3 +431,33 @@ mod tests {
         assert!(!format!("{s:?}").contains("hunter2"));
     }
 }
+
+#[cfg(test)]
+mod example_files {
+    use super::*;
+
+    /// Every example must at least be free of unknown keys and type errors, so docs cannot drift.
+    #[test]
+    fn examples_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                if let Err(e) = toml::from_str::<RawConfig>(&text) {
+                    panic!("{}: {e}", path.display());
+                }
+                seen += 1;
+            }
+        }
+        assert!(seen >= 2, "examples/ should hold the documented examples");
+    }
+
+    #[test]
+    fn local_sink_example_resolves() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/local-sink.toml");
+        let config = load(&path).unwrap();
+        assert_eq!(config.listeners[0].address.port(), 2525);
+    }
+}
