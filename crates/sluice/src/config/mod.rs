@@ -15,8 +15,8 @@ use ipnet::IpNet;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-pub use raw::{ListenerTls, UpstreamKind, UpstreamTls};
 use raw::RawConfig;
+pub use raw::{ListenerTls, UpstreamKind, UpstreamTls};
 
 use crate::scheduler::retry::RetryPolicy;
 
@@ -28,15 +28,76 @@ pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Syntax(String),
-    #[error("{key}: {message}")]
-    Invalid { key: String, message: String },
+    #[error("{key}{}: {message}", line.map(|n| format!(" (line {n})")).unwrap_or_default())]
+    Invalid {
+        key: String,
+        message: String,
+        line: Option<usize>,
+    },
 }
 
 fn invalid(key: impl Into<String>, message: impl fmt::Display) -> ConfigError {
-    ConfigError::Invalid { key: key.into(), message: message.to_string() }
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.to_string(),
+        line: None,
+    }
+}
+
+/// Finds the line (1-based) where a key such as `listener[1].allowed_networks` or `upstream.tls` is set,
+/// so errors found after parsing can point at the file like syntax errors do. Best effort: `None` when the
+/// key is not written out (a missing key, or one set through an inline table).
+fn locate(text: &str, key: &str) -> Option<usize> {
+    let (table, field) = match key.rsplit_once('.') {
+        Some((table, field)) => (Some(table), field),
+        None if key.contains('[') || text.contains(&format!("[{key}]")) => (Some(key), ""),
+        None => (None, key),
+    };
+    let (table_name, index) = match table {
+        Some(t) => match t.split_once('[') {
+            Some((name, rest)) => (Some(name), rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (Some(t), None),
+        },
+        None => (None, None),
+    };
+    let mut in_table = table_name.is_none();
+    let mut seen = 0usize;
+    for (n, line) in text.lines().enumerate() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            let header = trimmed
+                .trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or("")
+                .trim();
+            in_table = match (table_name, index) {
+                (Some(name), Some(i)) if header == name => {
+                    seen += 1;
+                    seen == i + 1
+                }
+                (Some(name), None) => header == name,
+                _ => false,
+            };
+            if in_table && field.is_empty() {
+                return Some(n + 1);
+            }
+            continue;
+        }
+        if in_table && !field.is_empty() {
+            let name = trimmed.split('=').next().unwrap_or("").trim();
+            if name == field && trimmed.contains('=') {
+                return Some(n + 1);
+            }
+        }
+    }
+    None
 }
 
 /// A secret read from a file or the environment. Its `Debug` never shows the value, so it cannot leak
@@ -137,8 +198,10 @@ impl UpstreamConfig {
 
 /// Reads and resolves a configuration file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
     let base = path.parent().unwrap_or(Path::new("."));
     parse(&text, base)
 }
@@ -146,7 +209,17 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// Parses configuration text; relative paths in it are taken relative to `base`.
 pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
     let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
-    resolve(raw, base)
+    resolve(raw, base).map_err(|e| match e {
+        ConfigError::Invalid {
+            line: None,
+            key,
+            message,
+        } => {
+            let line = locate(text, &key);
+            ConfigError::Invalid { key, message, line }
+        }
+        other => other,
+    })
 }
 
 fn resolve(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
@@ -155,8 +228,15 @@ fn resolve(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         Some(name) => name,
         None => gethostname::gethostname().to_string_lossy().into_owned(),
     };
-    if hostname.is_empty() || hostname.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(invalid("hostname", format!("{hostname:?} is not a valid host name")));
+    if hostname.is_empty()
+        || hostname
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(invalid(
+            "hostname",
+            format!("{hostname:?} is not a valid host name"),
+        ));
     }
     if raw.listeners.is_empty() {
         return Err(invalid("listener", "at least one [[listener]] is required"));
@@ -182,7 +262,11 @@ fn resolve(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
                         "tls = \"starttls\" or \"implicit\" needs cert_file and key_file",
                     ));
                 };
-                Some(Arc::new(server_tls(&base.join(cert), &base.join(keyf), &key)?))
+                Some(Arc::new(server_tls(
+                    &base.join(cert),
+                    &base.join(keyf),
+                    &key,
+                )?))
             }
         };
         if l.auth && l.insecure_allow_plaintext_auth {
@@ -194,7 +278,10 @@ fn resolve(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
             // Not an error: the listener still serves allowed networks. AUTH is simply never offered.
         }
         if l.max_connections == 0 || l.max_recipients == 0 || l.max_message_size == 0 {
-            return Err(invalid(&key, "max_connections, max_recipients and max_message_size must be > 0"));
+            return Err(invalid(
+                &key,
+                "max_connections, max_recipients and max_message_size must be > 0",
+            ));
         }
         listeners.push(ListenerConfig {
             address,
@@ -223,9 +310,15 @@ fn resolve(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
             return Err(invalid(format!("user[{i}].name"), "must not be empty"));
         }
         if users.iter().any(|v: &UserConfig| v.name == u.name) {
-            return Err(invalid(format!("user[{i}].name"), format!("duplicate user {:?}", u.name)));
+            return Err(invalid(
+                format!("user[{i}].name"),
+                format!("duplicate user {:?}", u.name),
+            ));
         }
-        users.push(UserConfig { name: u.name, password_hash: u.password_hash });
+        users.push(UserConfig {
+            name: u.name,
+            password_hash: u.password_hash,
+        });
     }
 
     let upstream = resolve_upstream(raw.upstream, base, &hostname, &mut warnings)?;
@@ -236,11 +329,22 @@ fn resolve(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         max_age: raw.retry.max_age,
     };
     if retry.initial_interval.is_zero() || retry.max_interval < retry.initial_interval {
-        return Err(invalid("retry", "need 0 < initial_interval <= max_interval"));
+        return Err(invalid(
+            "retry",
+            "need 0 < initial_interval <= max_interval",
+        ));
     }
 
     let spool_dir = base.join(raw.spool_dir);
-    Ok(Config { hostname, spool_dir, listeners, users, upstream, retry, warnings })
+    Ok(Config {
+        hostname,
+        spool_dir,
+        listeners,
+        users,
+        upstream,
+        retry,
+        warnings,
+    })
 }
 
 fn resolve_upstream(
@@ -251,27 +355,41 @@ fn resolve_upstream(
 ) -> Result<UpstreamConfig, ConfigError> {
     let password = match (&u.password_file, &u.password_env) {
         (Some(_), Some(_)) => {
-            return Err(invalid("upstream.password_file", "set password_file or password_env, not both"));
+            return Err(invalid(
+                "upstream.password_file",
+                "set password_file or password_env, not both",
+            ));
         }
         (Some(file), None) => {
             let path = base.join(file);
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| invalid("upstream.password_file", format!("{}: {e}", path.display())))?;
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                invalid("upstream.password_file", format!("{}: {e}", path.display()))
+            })?;
             Some(Secret(text.trim_end_matches(['\r', '\n']).to_owned()))
         }
-        (None, Some(var)) => Some(Secret(
-            std::env::var(var)
-                .map_err(|_| invalid("upstream.password_env", format!("environment variable {var} is not set")))?,
-        )),
+        (None, Some(var)) => Some(Secret(std::env::var(var).map_err(|_| {
+            invalid(
+                "upstream.password_env",
+                format!("environment variable {var} is not set"),
+            )
+        })?)),
         (None, None) => None,
     };
     let credentials = match (u.username, password) {
         (Some(user), Some(pass)) => Some((user, pass)),
         (None, None) => None,
         (Some(_), None) => {
-            return Err(invalid("upstream.username", "needs password_file or password_env"));
+            return Err(invalid(
+                "upstream.username",
+                "needs password_file or password_env",
+            ));
         }
-        (None, Some(_)) => return Err(invalid("upstream.username", "a password is set but no username")),
+        (None, Some(_)) => {
+            return Err(invalid(
+                "upstream.username",
+                "a password is set but no username",
+            ));
+        }
     };
     if credentials.is_some() && u.tls == UpstreamTls::None {
         return Err(invalid(
@@ -286,12 +404,17 @@ fn resolve_upstream(
         ));
     }
     if u.connections == 0 || u.max_messages_per_connection == 0 {
-        return Err(invalid("upstream", "connections and max_messages_per_connection must be > 0"));
+        return Err(invalid(
+            "upstream",
+            "connections and max_messages_per_connection must be > 0",
+        ));
     }
     let name = u.tls_server_name.clone().unwrap_or_else(|| u.host.clone());
     let server_name = ServerName::try_from(name.clone())
         .map_err(|e| invalid("upstream.tls_server_name", format!("{name:?}: {e}")))?;
-    let tls_config = Arc::new(client_tls(u.ca_file.as_ref().map(|f| base.join(f)).as_deref())?);
+    let tls_config = Arc::new(client_tls(
+        u.ca_file.as_ref().map(|f| base.join(f)).as_deref(),
+    )?);
     Ok(UpstreamConfig {
         kind: u.kind,
         host: u.host,
@@ -323,15 +446,31 @@ fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn server_tls(cert: &Path, key: &Path, config_key: &str) -> Result<rustls::ServerConfig, ConfigError> {
+fn server_tls(
+    cert: &Path,
+    key: &Path,
+    config_key: &str,
+) -> Result<rustls::ServerConfig, ConfigError> {
     let certs = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| invalid(format!("{config_key}.cert_file"), format!("{}: {e}", cert.display())))?;
+        .map_err(|e| {
+            invalid(
+                format!("{config_key}.cert_file"),
+                format!("{}: {e}", cert.display()),
+            )
+        })?;
     if certs.is_empty() {
-        return Err(invalid(format!("{config_key}.cert_file"), format!("{}: no certificate", cert.display())));
+        return Err(invalid(
+            format!("{config_key}.cert_file"),
+            format!("{}: no certificate", cert.display()),
+        ));
     }
-    let key_der = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| invalid(format!("{config_key}.key_file"), format!("{}: {e}", key.display())))?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        invalid(
+            format!("{config_key}.key_file"),
+            format!("{}: {e}", key.display()),
+        )
+    })?;
     // TLS 1.2 and 1.3 only: rustls does not implement older versions.
     rustls::ServerConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -353,17 +492,24 @@ fn client_tls(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, ConfigErro
             .and_then(|it| it.collect::<Result<Vec<_>, _>>())
             .map_err(|e| invalid("upstream.ca_file", format!("{}: {e}", path.display())))?;
         if certs.is_empty() {
-            return Err(invalid("upstream.ca_file", format!("{}: no certificate", path.display())));
+            return Err(invalid(
+                "upstream.ca_file",
+                format!("{}: no certificate", path.display()),
+            ));
         }
         for cert in certs {
-            roots.add(cert).map_err(|e| invalid("upstream.ca_file", format!("{}: {e}", path.display())))?;
+            roots
+                .add(cert)
+                .map_err(|e| invalid("upstream.ca_file", format!("{}: {e}", path.display())))?;
         }
     }
-    Ok(rustls::ClientConfig::builder_with_provider(crypto_provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| invalid("upstream.tls", e))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+    Ok(
+        rustls::ClientConfig::builder_with_provider(crypto_provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| invalid("upstream.tls", e))?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
 }
 
 #[cfg(test)]
@@ -400,17 +546,33 @@ mod tests {
 
     #[test]
     fn unknown_key_names_key_and_line() {
-        let err = parse(&minimal("[retry]\nmax_agee = \"1d\"\n"), Path::new(".")).unwrap_err().to_string();
+        let err = parse(&minimal("[retry]\nmax_agee = \"1d\"\n"), Path::new("."))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("max_agee"), "{err}");
         assert!(err.contains("line 11"), "{err}");
     }
 
     #[test]
-    fn bad_network_is_named() {
+    fn bad_network_is_named_with_its_line() {
         let text = minimal("").replace("\"::1\"", "\"10.0.0.0/33\"");
         let err = parse(&text, Path::new(".")).unwrap_err().to_string();
-        assert!(err.contains("listener[0].allowed_networks"), "{err}");
+        assert!(
+            err.contains("listener[0].allowed_networks (line 5)"),
+            "{err}"
+        );
         assert!(err.contains("10.0.0.0/33"), "{err}");
+    }
+
+    #[test]
+    fn locate_finds_keys_in_repeated_tables() {
+        let text = "a = 1\n[[listener]]\naddress = \"x\"\n[[listener]]\n# c\naddress = \"y\"\n[upstream]\ntls = \"none\"\n";
+        assert_eq!(locate(text, "a"), Some(1));
+        assert_eq!(locate(text, "listener[0].address"), Some(3));
+        assert_eq!(locate(text, "listener[1].address"), Some(6));
+        assert_eq!(locate(text, "listener[1]"), Some(4));
+        assert_eq!(locate(text, "upstream.tls"), Some(8));
+        assert_eq!(locate(text, "upstream.port"), None);
     }
 
     #[test]

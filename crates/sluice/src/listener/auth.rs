@@ -21,12 +21,24 @@ enum Response {
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub(super) async fn auth(&mut self, mechanism: String, initial: Option<String>) -> Flow {
         if !self.state.ctx.config.auth || self.state.ctx.shared.users.is_empty() {
-            self.reply(Reply::with_code(503, 5, 5, 1, "Error: authentication not enabled"));
+            self.reply(Reply::with_code(
+                503,
+                5,
+                5,
+                1,
+                "Error: authentication not enabled",
+            ));
             return self.count_error();
         }
         if !self.state.auth_offered() {
             // RFC 4954 §4 / RFC 3207: no credentials over a connection we have not encrypted.
-            self.reply(Reply::with_code(538, 5, 7, 11, "Encryption required for requested authentication mechanism"));
+            self.reply(Reply::with_code(
+                538,
+                5,
+                7,
+                11,
+                "Encryption required for requested authentication mechanism",
+            ));
             return self.count_error();
         }
         if self.state.helo.is_none() || !self.state.esmtp {
@@ -34,18 +46,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return self.count_error();
         }
         if self.state.auth_user.is_some() {
-            self.reply(Reply::with_code(503, 5, 5, 1, "Error: already authenticated"));
+            self.reply(Reply::with_code(
+                503,
+                5,
+                5,
+                1,
+                "Error: already authenticated",
+            ));
             return self.count_error();
         }
         if self.state.tx.is_some() {
-            self.reply(Reply::with_code(503, 5, 5, 1, "Error: AUTH not allowed during a mail transaction"));
+            self.reply(Reply::with_code(
+                503,
+                5,
+                5,
+                1,
+                "Error: AUTH not allowed during a mail transaction",
+            ));
             return self.count_error();
         }
         let credentials = match mechanism.as_str() {
             "PLAIN" => self.plain(initial).await,
             "LOGIN" => self.login(initial).await,
             _ => {
-                self.reply(Reply::with_code(504, 5, 5, 4, "Unrecognized authentication type"));
+                self.reply(Reply::with_code(
+                    504,
+                    5,
+                    5,
+                    4,
+                    "Unrecognized authentication type",
+                ));
                 return self.count_error();
             }
         };
@@ -60,7 +90,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Flow::Continue
         } else {
             warn!(client = %self.state.peer, user = %user, mechanism = %mechanism, "authentication failed");
-            self.reply(Reply::with_code(535, 5, 7, 8, "Authentication credentials invalid"));
+            self.reply(Reply::with_code(
+                535,
+                5,
+                7,
+                8,
+                "Authentication credentials invalid",
+            ));
             self.count_error()
         }
     }
@@ -74,17 +110,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let decoded = self.decode(&response)?;
         // authzid NUL authcid NUL passwd (RFC 4616 §2)
         let mut parts = decoded.split(|b| *b == 0);
-        let (Some(authzid), Some(authcid), Some(password), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(authzid), Some(authcid), Some(password), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(self.malformed());
         };
-        let (Ok(authzid), Ok(authcid), Ok(password)) =
-            (std::str::from_utf8(authzid), std::str::from_utf8(authcid), std::str::from_utf8(password))
-        else {
+        let (Ok(authzid), Ok(authcid), Ok(password)) = (
+            std::str::from_utf8(authzid),
+            std::str::from_utf8(authcid),
+            std::str::from_utf8(password),
+        ) else {
             return Err(self.malformed());
         };
         if !authzid.is_empty() && authzid != authcid {
-            self.reply(Reply::with_code(535, 5, 7, 8, "Authorization identity must match the user name"));
+            self.reply(Reply::with_code(
+                535,
+                5,
+                7,
+                8,
+                "Authorization identity must match the user name",
+            ));
             return Err(self.count_error());
         }
         Ok((authcid.to_owned(), password.to_owned()))
@@ -112,7 +157,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     fn malformed(&mut self) -> Flow {
-        self.reply(Reply::with_code(501, 5, 5, 2, "Cannot decode authentication response"));
+        self.reply(Reply::with_code(
+            501,
+            5,
+            5,
+            2,
+            "Cannot decode authentication response",
+        ));
         self.count_error()
     }
 
@@ -135,7 +186,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         loop {
             match framer.poll(&self.rbuf[self.rpos..]) {
                 Framed::Line { len, consumed } => {
-                    let line = std::str::from_utf8(&self.rbuf[self.rpos..self.rpos + len]).map(str::to_owned);
+                    let line = std::str::from_utf8(&self.rbuf[self.rpos..self.rpos + len])
+                        .map(str::to_owned);
                     self.rpos += consumed;
                     return match line {
                         Ok(line) if line == "*" => Response::Cancelled,

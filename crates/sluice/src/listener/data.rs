@@ -40,7 +40,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         body.extend_from_slice(header.as_bytes());
 
         self.reply(Reply::new(354, None, "End data with <CR><LF>.<CR><LF>"));
-        let mut receiver = DataReceiver::new(DataLimits { max_size, max_line: MAX_TEXT_LINE });
+        let mut receiver = DataReceiver::new(DataLimits {
+            max_size,
+            max_line: MAX_TEXT_LINE,
+        });
         loop {
             let fed = receiver.feed(&self.rbuf[self.rpos..], &mut body);
             self.rpos += fed.consumed;
@@ -67,7 +70,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let tx = self.state.tx.take().expect("checked at the start");
         let summary = receiver.summary();
         if summary.oversize {
-            self.reply(Reply::with_code(552, 5, 3, 4, format!("Message size exceeds fixed limit of {max_size} bytes")));
+            self.reply(Reply::with_code(
+                552,
+                5,
+                3,
+                4,
+                format!("Message size exceeds fixed limit of {max_size} bytes"),
+            ));
             return self.count_error();
         }
         if summary.long_lines > 0 {
@@ -88,11 +97,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let record = QueueRecord {
             version: RECORD_VERSION,
             id: id.clone(),
-            sender: tx.sender.as_ref().map(ToString::to_string).unwrap_or_default(),
+            sender: tx
+                .sender
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
             recipients: tx
                 .recipients
                 .iter()
-                .map(|r| RecipientState { address: r.to_string(), status: RecipientStatus::Pending, last_reply: None })
+                .map(|r| RecipientState {
+                    address: r.to_string(),
+                    status: RecipientStatus::Pending,
+                    last_reply: None,
+                })
                 .collect(),
             received_at_ms: now,
             attempts: 0,
@@ -105,7 +122,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 "{} [{}]{}",
                 self.state.helo.as_deref().unwrap_or(""),
                 self.state.peer.ip(),
-                self.state.auth_user.as_ref().map(|u| format!(" user={u}")).unwrap_or_default()
+                self.state
+                    .auth_user
+                    .as_ref()
+                    .map(|u| format!(" user={u}"))
+                    .unwrap_or_default()
             ),
         };
 

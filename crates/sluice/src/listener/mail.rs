@@ -22,15 +22,31 @@ impl SessionState {
         if let Some(size) = params.size
             && size > limit
         {
-            return Reply::with_code(552, 5, 3, 4, format!("Message size exceeds fixed limit of {limit} bytes"));
+            return Reply::with_code(
+                552,
+                5,
+                3,
+                4,
+                format!("Message size exceeds fixed limit of {limit} bytes"),
+            );
         }
         if let Some(sender) = &from
             && !sender.is_ascii()
             && !params.smtputf8
         {
-            return Reply::with_code(553, 5, 6, 7, "Non-ASCII sender address needs the SMTPUTF8 parameter");
+            return Reply::with_code(
+                553,
+                5,
+                6,
+                7,
+                "Non-ASCII sender address needs the SMTPUTF8 parameter",
+            );
         }
-        self.tx = Some(Transaction { sender: from, params, recipients: Vec::new() });
+        self.tx = Some(Transaction {
+            sender: from,
+            params,
+            recipients: Vec::new(),
+        });
         Reply::with_code(250, 2, 1, 0, "Ok")
     }
 }

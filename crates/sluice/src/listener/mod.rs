@@ -89,14 +89,21 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) {
     let started = Instant::now();
     let ended = match ctx.config.tls {
         ListenerTls::Implicit => match tls_accept(tcp, &ctx).await {
-            Ok((tls, info)) => finish(Session::new(tls, SessionState::new(ctx.clone(), peer, Some(info))).run().await),
+            Ok((tls, info)) => finish(
+                Session::new(tls, SessionState::new(ctx.clone(), peer, Some(info)))
+                    .run()
+                    .await,
+            ),
             Err(e) => {
                 warn!(client = %peer, error = %e, "TLS handshake failed");
                 return;
             }
         },
         ListenerTls::None | ListenerTls::Starttls => {
-            match Session::new(tcp, SessionState::new(ctx.clone(), peer, None)).run().await {
+            match Session::new(tcp, SessionState::new(ctx.clone(), peer, None))
+                .run()
+                .await
+            {
                 Ended::Closed(state, why) => (state, why),
                 Ended::StartTls(tcp, state) => match tls_accept(tcp, &ctx).await {
                     Ok((tls, info)) => finish(Session::new(tls, state.after_tls(info)).run().await),
@@ -135,11 +142,17 @@ async fn tls_accept<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     ctx: &ListenerContext,
 ) -> std::io::Result<(tokio_rustls::server::TlsStream<S>, TlsInfo)> {
-    let config = ctx.config.tls_config.clone().ok_or_else(|| std::io::Error::other("no TLS certificate configured"))?;
+    let config = ctx
+        .config
+        .tls_config
+        .clone()
+        .ok_or_else(|| std::io::Error::other("no TLS certificate configured"))?;
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let tls = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
+        })??;
     let (_, connection) = tls.get_ref();
     let version = match connection.protocol_version() {
         Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_owned(),

@@ -15,12 +15,28 @@ impl SessionState {
             return Reply::with_code(555, 5, 5, 4, format!("Unsupported parameter {keyword}"));
         }
         if !to.is_ascii() && !tx.params.smtputf8 {
-            return Reply::with_code(553, 5, 6, 7, "Non-ASCII recipient address needs SMTPUTF8 on MAIL");
+            return Reply::with_code(
+                553,
+                5,
+                6,
+                7,
+                "Non-ASCII recipient address needs SMTPUTF8 on MAIL",
+            );
         }
         let config = &self.ctx.config;
-        if policy::relay_permit(&config.allowed_networks, self.peer.ip(), self.auth_user.as_deref()).is_none() {
+        if policy::relay_permit(
+            &config.allowed_networks,
+            self.peer.ip(),
+            self.auth_user.as_deref(),
+        )
+        .is_none()
+        {
             self.relay_denied += 1;
-            let sender = tx.sender.as_ref().map(ToString::to_string).unwrap_or_default();
+            let sender = tx
+                .sender
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default();
             warn!(
                 client = %self.peer,
                 helo = self.helo.as_deref().unwrap_or(""),

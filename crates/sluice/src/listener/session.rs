@@ -154,15 +154,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     let idle = self.state.ctx.config.idle_timeout;
                     match self.fill(idle, true).await {
                         Input::Data => continue,
-                        Input::Eof | Input::Error => return self.close("client disconnected").await,
+                        Input::Eof | Input::Error => {
+                            return self.close("client disconnected").await;
+                        }
                         Input::Timeout => {
-                            let text = format!("{} Error: timeout exceeded", self.state.ctx.shared.hostname);
+                            let text = format!(
+                                "{} Error: timeout exceeded",
+                                self.state.ctx.shared.hostname
+                            );
                             self.reply(Reply::with_code(421, 4, 4, 2, text));
                             return self.close("idle timeout").await;
                         }
                         Input::Shutdown => {
-                            let text =
-                                format!("{} Service shutting down, try again later", self.state.ctx.shared.hostname);
+                            let text = format!(
+                                "{} Service shutting down, try again later",
+                                self.state.ctx.shared.hostname
+                            );
                             self.reply(Reply::with_code(421, 4, 3, 2, text));
                             return self.close("server shutdown").await;
                         }
@@ -209,7 +216,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 return self.reply_counting(reply);
             }
             Command::Data => return self.data().await,
-            Command::Auth { mechanism, initial_response } => {
+            Command::Auth {
+                mechanism,
+                initial_response,
+            } => {
                 return self.auth(mechanism, initial_response).await;
             }
             Command::StartTls => return self.starttls(),
@@ -225,17 +235,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             Command::Vrfy(_) => {
                 // RFC 5321 §3.5.3: we cannot verify a mailbox we do not host, but we will try to deliver.
-                self.reply(Reply::with_code(252, 2, 5, 0, "Cannot VRFY user, but will accept message and attempt delivery"));
+                self.reply(Reply::with_code(
+                    252,
+                    2,
+                    5,
+                    0,
+                    "Cannot VRFY user, but will accept message and attempt delivery",
+                ));
             }
             Command::Expn(_) => {
                 self.reply(Reply::with_code(502, 5, 5, 1, "EXPN not available"));
                 return self.count_error();
             }
             Command::Help(_) => {
-                self.reply(Reply::with_code(214, 2, 0, 0, "sluice relay: see https://www.rfc-editor.org/rfc/rfc5321"));
+                self.reply(Reply::with_code(
+                    214,
+                    2,
+                    0,
+                    0,
+                    "sluice relay: see https://www.rfc-editor.org/rfc/rfc5321",
+                ));
             }
             Command::Bdat { .. } => {
-                self.reply(Reply::with_code(502, 5, 5, 1, "BDAT not implemented (CHUNKING is not offered)"));
+                self.reply(Reply::with_code(
+                    502,
+                    5,
+                    5,
+                    1,
+                    "BDAT not implemented (CHUNKING is not offered)",
+                ));
                 return self.count_error();
             }
         }
@@ -260,7 +288,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub(super) fn reply_counting(&mut self, reply: Reply) -> Flow {
         let failed = reply.code >= 400;
         self.reply(reply);
-        if failed { self.count_error() } else { Flow::Continue }
+        if failed {
+            self.count_error()
+        } else {
+            Flow::Continue
+        }
     }
 
     pub(super) fn count_error(&mut self) -> Flow {

@@ -21,12 +21,19 @@ pub enum RelayPermit {
 }
 
 /// Decides whether the client may relay mail. `None` means no: answer `554 5.7.1 Relay access denied`.
-pub fn relay_permit(allowed_networks: &[IpNet], client: IpAddr, auth_user: Option<&str>) -> Option<RelayPermit> {
+pub fn relay_permit(
+    allowed_networks: &[IpNet],
+    client: IpAddr,
+    auth_user: Option<&str>,
+) -> Option<RelayPermit> {
     if let Some(user) = auth_user {
         return Some(RelayPermit::User(user.to_owned()));
     }
     let client = canonical(client);
-    allowed_networks.iter().find(|net| net.contains(&client)).map(|net| RelayPermit::Network(*net))
+    allowed_networks
+        .iter()
+        .find(|net| net.contains(&client))
+        .map(|net| RelayPermit::Network(*net))
 }
 
 /// An IPv4 client reaching a dual-stack socket shows up as `::ffff:a.b.c.d`; match it as the IPv4
@@ -50,7 +57,10 @@ mod tests {
     fn network_members_may_relay() {
         let allowed = nets(&["192.168.1.0/24", "2001:db8::/32"]);
         let inside: IpAddr = "192.168.1.20".parse().unwrap();
-        assert_eq!(relay_permit(&allowed, inside, None), Some(RelayPermit::Network(allowed[0])));
+        assert_eq!(
+            relay_permit(&allowed, inside, None),
+            Some(RelayPermit::Network(allowed[0]))
+        );
         let v6: IpAddr = "2001:db8::5".parse().unwrap();
         assert!(relay_permit(&allowed, v6, None).is_some());
     }
@@ -68,6 +78,9 @@ mod tests {
         let outside: IpAddr = "192.0.2.1".parse().unwrap();
         assert_eq!(relay_permit(&allowed, outside, None), None);
         assert_eq!(relay_permit(&[], outside, None), None);
-        assert_eq!(relay_permit(&[], outside, Some("scanner")), Some(RelayPermit::User("scanner".into())));
+        assert_eq!(
+            relay_permit(&[], outside, Some("scanner")),
+            Some(RelayPermit::User("scanner".into()))
+        );
     }
 }
