@@ -10,6 +10,8 @@ mod mail;
 mod rcpt;
 pub mod received;
 pub mod session;
+#[cfg(test)]
+mod tests;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
