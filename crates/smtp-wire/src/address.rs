@@ -209,11 +209,19 @@ mod tests {
             ("#!$%&'*+-/=?^_`{|}~@x.y", "#!$%&'*+-/=?^_`{|}~", "x.y"),
             ("\"john doe\"@example.com", "\"john doe\"", "example.com"),
             ("\"a@b\"@example.com", "\"a@b\"", "example.com"),
-            ("\"a\\\"b\\\\c\"@example.com", "\"a\\\"b\\\\c\"", "example.com"),
+            (
+                "\"a\\\"b\\\\c\"@example.com",
+                "\"a\\\"b\\\\c\"",
+                "example.com",
+            ),
             ("\"\"@example.com", "\"\"", "example.com"),
             ("user@[192.0.2.1]", "user", "[192.0.2.1]"),
             ("user@[IPv6:2001:db8::1]", "user", "[IPv6:2001:db8::1]"),
-            ("user@[ipv6:::ffff:192.0.2.1]", "user", "[ipv6:::ffff:192.0.2.1]"),
+            (
+                "user@[ipv6:::ffff:192.0.2.1]",
+                "user",
+                "[ipv6:::ffff:192.0.2.1]",
+            ),
             ("jörg@bücher.example", "jörg", "bücher.example"),
             ("用户@例子.广告", "用户", "例子.广告"),
             ("\"jö rg\"@example.com", "\"jö rg\"", "example.com"),
@@ -241,14 +249,29 @@ mod tests {
             ("user@example..com", "empty domain label"),
             ("user@.example.com", "empty domain label"),
             ("user@example.com.", "empty domain label"),
-            ("user@-example.com", "domain label starts or ends with hyphen"),
-            ("user@example-.com", "domain label starts or ends with hyphen"),
+            (
+                "user@-example.com",
+                "domain label starts or ends with hyphen",
+            ),
+            (
+                "user@example-.com",
+                "domain label starts or ends with hyphen",
+            ),
             ("user@exa_mple.com", "invalid character in domain"),
             ("user@exa mple.com", "invalid character in domain"),
-            ("\"unterminated@example.com", "unterminated quoted local part"),
+            (
+                "\"unterminated@example.com",
+                "unterminated quoted local part",
+            ),
             ("\"a\"b@example.com", "missing @ after quoted local part"),
-            ("\"a\tb\"@example.com", "invalid character in quoted local part"),
-            ("\"a\\\tb\"@example.com", "invalid quoted pair in local part"),
+            (
+                "\"a\tb\"@example.com",
+                "invalid character in quoted local part",
+            ),
+            (
+                "\"a\\\tb\"@example.com",
+                "invalid quoted pair in local part",
+            ),
             ("user@[192.0.2.256]", "invalid address literal"),
             ("user@[192.0.2.1", "unterminated address literal"),
             ("user@[IPv6:zz::1]", "invalid address literal"),
@@ -275,7 +298,13 @@ mod tests {
             Err(AddressError("domain label too long"))
         );
         // 254 octets total is the ceiling.
-        let domain = format!("{}.{}.{}.{}", "c".repeat(63), "d".repeat(63), "e".repeat(63), "f".repeat(60));
+        let domain = format!(
+            "{}.{}.{}.{}",
+            "c".repeat(63),
+            "d".repeat(63),
+            "e".repeat(63),
+            "f".repeat(60)
+        );
         let addr = format!("a@{domain}");
         assert_eq!(addr.len(), 254);
         assert!(Address::parse(&addr).is_ok());

@@ -156,20 +156,12 @@ impl CommandError {
             CommandError::Syntax(msg) | CommandError::BadParameter(msg) => {
                 Reply::with_code(501, 5, 5, 4, *msg)
             }
-            CommandError::BadSender(msg) => Reply::with_code(
-                501,
-                5,
-                1,
-                7,
-                format!("Bad sender address syntax: {msg}"),
-            ),
-            CommandError::BadRecipient(msg) => Reply::with_code(
-                501,
-                5,
-                1,
-                3,
-                format!("Bad recipient address syntax: {msg}"),
-            ),
+            CommandError::BadSender(msg) => {
+                Reply::with_code(501, 5, 1, 7, format!("Bad sender address syntax: {msg}"))
+            }
+            CommandError::BadRecipient(msg) => {
+                Reply::with_code(501, 5, 1, 3, format!("Bad recipient address syntax: {msg}"))
+            }
         }
     }
 }
@@ -752,9 +744,15 @@ mod tests {
             ("VRFY postmaster", Command::Vrfy("postmaster".into())),
             ("vrfy John Smith", Command::Vrfy("John Smith".into())),
             ("EXPN staff", Command::Expn("staff".into())),
-            ("EHLO mx.example.com", Command::Ehlo("mx.example.com".into())),
+            (
+                "EHLO mx.example.com",
+                Command::Ehlo("mx.example.com".into()),
+            ),
             ("ehlo [192.0.2.1]", Command::Ehlo("[192.0.2.1]".into())),
-            ("HELO  host_with_underscore ", Command::Helo("host_with_underscore".into())),
+            (
+                "HELO  host_with_underscore ",
+                Command::Helo("host_with_underscore".into()),
+            ),
             ("EHLO\tx", Command::Ehlo("x".into())),
         ];
         for (line, want) in cases {
@@ -764,7 +762,16 @@ mod tests {
 
     #[test]
     fn unrecognized_and_invalid_bytes() {
-        for line in ["", "   ", "FOO", "MAILX FROM:<>", "STARTTLSX", "DAT", "HELLO x", "é"] {
+        for line in [
+            "",
+            "   ",
+            "FOO",
+            "MAILX FROM:<>",
+            "STARTTLSX",
+            "DAT",
+            "HELLO x",
+            "é",
+        ] {
             assert_eq!(parse(line), Err(CommandError::Unrecognized), "{line:?}");
         }
         let bad: &[&[u8]] = &[
@@ -778,7 +785,11 @@ mod tests {
             b"EHLO a\nb",
         ];
         for line in bad {
-            assert_eq!(parse_command(line), Err(CommandError::InvalidBytes), "{line:?}");
+            assert_eq!(
+                parse_command(line),
+                Err(CommandError::InvalidBytes),
+                "{line:?}"
+            );
         }
         // TAB is allowed (as a separator).
         assert_eq!(parse_command(b"NOOP\tx"), Ok(Command::Noop));
@@ -837,18 +848,49 @@ mod tests {
             ("MAIL FROM: <>", None),
             ("MAIL FROM: <user@example.com>", Some("user@example.com")),
             ("MAIL FROM:user@example.com", Some("user@example.com")),
-            ("MAIL FROM:<@relay1.example,@[192.0.2.1]:user@example.com>", Some("user@example.com")),
-            ("MAIL FROM:<@[IPv6:2001:db8::1]:user@example.com>", Some("user@example.com")),
-            ("MAIL FROM:<\"john doe\"@example.com>", Some("\"john doe\"@example.com")),
-            ("MAIL FROM:<\"a>b\"@example.com>", Some("\"a>b\"@example.com")),
-            ("MAIL FROM:<\"a\\\"> b\"@example.com>", Some("\"a\\\"> b\"@example.com")),
-            ("MAIL FROM:<user%relay@example.com>", Some("user%relay@example.com")),
-            ("MAIL FROM:<host!user@example.com>", Some("host!user@example.com")),
-            ("MAIL FROM:<jörg@bücher.example>", Some("jörg@bücher.example")),
-            ("MAIL FROM:<user@[IPv6:2001:db8::1]>", Some("user@[IPv6:2001:db8::1]")),
+            (
+                "MAIL FROM:<@relay1.example,@[192.0.2.1]:user@example.com>",
+                Some("user@example.com"),
+            ),
+            (
+                "MAIL FROM:<@[IPv6:2001:db8::1]:user@example.com>",
+                Some("user@example.com"),
+            ),
+            (
+                "MAIL FROM:<\"john doe\"@example.com>",
+                Some("\"john doe\"@example.com"),
+            ),
+            (
+                "MAIL FROM:<\"a>b\"@example.com>",
+                Some("\"a>b\"@example.com"),
+            ),
+            (
+                "MAIL FROM:<\"a\\\"> b\"@example.com>",
+                Some("\"a\\\"> b\"@example.com"),
+            ),
+            (
+                "MAIL FROM:<user%relay@example.com>",
+                Some("user%relay@example.com"),
+            ),
+            (
+                "MAIL FROM:<host!user@example.com>",
+                Some("host!user@example.com"),
+            ),
+            (
+                "MAIL FROM:<jörg@bücher.example>",
+                Some("jörg@bücher.example"),
+            ),
+            (
+                "MAIL FROM:<user@[IPv6:2001:db8::1]>",
+                Some("user@[IPv6:2001:db8::1]"),
+            ),
         ];
         for (line, from) in cases {
-            assert_eq!(parse(line), Ok(mail(from, MailParams::default())), "{line:?}");
+            assert_eq!(
+                parse(line),
+                Ok(mail(from, MailParams::default())),
+                "{line:?}"
+            );
         }
     }
 
@@ -859,13 +901,28 @@ mod tests {
             ("MAIL FROM:<a<b@c>", "unexpected <"),
             ("MAIL FROM:<user>", "missing domain"),
             ("MAIL FROM:<postmaster>", "missing domain"),
-            ("MAIL FROM:<a..b@example.com>", "misplaced dot in local part"),
-            ("MAIL FROM:<user@exa mple.com>", "invalid character in domain"),
+            (
+                "MAIL FROM:<a..b@example.com>",
+                "misplaced dot in local part",
+            ),
+            (
+                "MAIL FROM:<user@exa mple.com>",
+                "invalid character in domain",
+            ),
             ("MAIL FROM:<@relay:>", "empty address"),
-            ("MAIL FROM:<@relay user@example.com>", "invalid source route"),
-            ("MAIL FROM:<@bad_relay:user@example.com>", "invalid source route"),
+            (
+                "MAIL FROM:<@relay user@example.com>",
+                "invalid source route",
+            ),
+            (
+                "MAIL FROM:<@bad_relay:user@example.com>",
+                "invalid source route",
+            ),
             ("MAIL FROM:<@a,b:user@example.com>", "invalid source route"),
-            ("MAIL FROM:<\"unterminated@example.com>", "missing closing >"),
+            (
+                "MAIL FROM:<\"unterminated@example.com>",
+                "missing closing >",
+            ),
         ];
         for (line, msg) in cases {
             assert_eq!(parse(line), Err(CommandError::BadSender(msg)), "{line:?}");
@@ -879,9 +936,15 @@ mod tests {
             ("rcpt to:<user@example.com>", "user@example.com"),
             ("RCPT TO: <user@example.com>", "user@example.com"),
             ("RCPT TO:user@example.com", "user@example.com"),
-            ("RCPT TO:<@hop.example:user@example.com>", "user@example.com"),
+            (
+                "RCPT TO:<@hop.example:user@example.com>",
+                "user@example.com",
+            ),
             ("RCPT TO:<postmaster@example.com>", "postmaster@example.com"),
-            ("RCPT TO:<\"quoted local\"@example.com>", "\"quoted local\"@example.com"),
+            (
+                "RCPT TO:<\"quoted local\"@example.com>",
+                "\"quoted local\"@example.com",
+            ),
             ("RCPT TO:<用户@例子.广告>", "用户@例子.广告"),
         ];
         for (line, to) in cases {
@@ -910,7 +973,11 @@ mod tests {
             ("RCPT TO:<@x:>", "empty address"),
         ];
         for (line, msg) in cases {
-            assert_eq!(parse(line), Err(CommandError::BadRecipient(msg)), "{line:?}");
+            assert_eq!(
+                parse(line),
+                Err(CommandError::BadRecipient(msg)),
+                "{line:?}"
+            );
         }
     }
 
@@ -926,7 +993,10 @@ mod tests {
             ret: Some(Ret::Headers),
             envid: Some("QQ+2Bx".into()),
             auth: Some("<>".into()),
-            unknown: vec![("X-FOO".into(), Some("bar".into())), ("X-FLAG".into(), None)],
+            unknown: vec![
+                ("X-FOO".into(), Some("bar".into())),
+                ("X-FLAG".into(), None),
+            ],
         };
         assert_eq!(got, Ok(mail(Some("a@b.example"), want)));
 
@@ -941,7 +1011,10 @@ mod tests {
         assert_eq!(p("SIZE=18446744073709551615").size, Some(u64::MAX));
         assert_eq!(p("  SIZE=1   BODY=7BIT  ").size, Some(1));
         // RCPT parameters on MAIL are just unknown.
-        assert_eq!(p("NOTIFY=NEVER").unknown, vec![("NOTIFY".into(), Some("NEVER".into()))]);
+        assert_eq!(
+            p("NOTIFY=NEVER").unknown,
+            vec![("NOTIFY".into(), Some("NEVER".into()))]
+        );
         // '=' inside a value is kept.
         assert_eq!(p("X=a=b").unknown, vec![("X".into(), Some("a=b".into()))]);
     }
@@ -971,7 +1044,11 @@ mod tests {
         ];
         for (params, msg) in cases {
             let line = format!("MAIL FROM:<a@b> {params}");
-            assert_eq!(parse(&line), Err(CommandError::BadParameter(msg)), "{line:?}");
+            assert_eq!(
+                parse(&line),
+                Err(CommandError::BadParameter(msg)),
+                "{line:?}"
+            );
         }
     }
 
@@ -991,11 +1068,20 @@ mod tests {
         );
         assert_eq!(p("NOTIFY=DELAY,SUCCESS").notify, Some(vec![Delay, Success]));
         assert_eq!(p("ORCPT=rfc822;a+40b").orcpt, Some("rfc822;a+40b".into()));
-        assert_eq!(p("SIZE=10").unknown, vec![("SIZE".into(), Some("10".into()))]);
+        assert_eq!(
+            p("SIZE=10").unknown,
+            vec![("SIZE".into(), Some("10".into()))]
+        );
 
         let bad = [
-            ("NOTIFY=NEVER,SUCCESS", "NOTIFY=NEVER cannot be combined with other values"),
-            ("NOTIFY=FAILURE,NEVER", "NOTIFY=NEVER cannot be combined with other values"),
+            (
+                "NOTIFY=NEVER,SUCCESS",
+                "NOTIFY=NEVER cannot be combined with other values",
+            ),
+            (
+                "NOTIFY=FAILURE,NEVER",
+                "NOTIFY=NEVER cannot be combined with other values",
+            ),
             ("NOTIFY", "Invalid NOTIFY parameter"),
             ("NOTIFY=", "Invalid NOTIFY parameter"),
             ("NOTIFY=SOMETIMES", "Invalid NOTIFY parameter"),
@@ -1010,7 +1096,11 @@ mod tests {
         ];
         for (params, msg) in bad {
             let line = format!("RCPT TO:<a@b> {params}");
-            assert_eq!(parse(&line), Err(CommandError::BadParameter(msg)), "{line:?}");
+            assert_eq!(
+                parse(&line),
+                Err(CommandError::BadParameter(msg)),
+                "{line:?}"
+            );
         }
     }
 
@@ -1044,17 +1134,44 @@ mod tests {
                 initial_response: None
             })
         );
-        assert_eq!(parse("BDAT 0 LAST"), Ok(Command::Bdat { size: 0, last: true }));
-        assert_eq!(parse("bdat 1000"), Ok(Command::Bdat { size: 1000, last: false }));
-        assert_eq!(parse("BDAT 12 last"), Ok(Command::Bdat { size: 12, last: true }));
+        assert_eq!(
+            parse("BDAT 0 LAST"),
+            Ok(Command::Bdat {
+                size: 0,
+                last: true
+            })
+        );
+        assert_eq!(
+            parse("bdat 1000"),
+            Ok(Command::Bdat {
+                size: 1000,
+                last: false
+            })
+        );
+        assert_eq!(
+            parse("BDAT 12 last"),
+            Ok(Command::Bdat {
+                size: 12,
+                last: true
+            })
+        );
     }
 
     #[test]
     fn error_replies() {
         let cases = [
-            (CommandError::Unrecognized, "500 5.5.2 Command not recognized\r\n"),
-            (CommandError::InvalidBytes, "501 5.5.2 Invalid characters in command\r\n"),
-            (CommandError::Syntax("Missing address"), "501 5.5.4 Missing address\r\n"),
+            (
+                CommandError::Unrecognized,
+                "500 5.5.2 Command not recognized\r\n",
+            ),
+            (
+                CommandError::InvalidBytes,
+                "501 5.5.2 Invalid characters in command\r\n",
+            ),
+            (
+                CommandError::Syntax("Missing address"),
+                "501 5.5.4 Missing address\r\n",
+            ),
             (
                 CommandError::BadSender("missing domain"),
                 "501 5.1.7 Bad sender address syntax: missing domain\r\n",
@@ -1071,7 +1188,10 @@ mod tests {
         for (e, wire) in cases {
             assert_eq!(String::from_utf8(e.reply().to_bytes()).unwrap(), wire);
         }
-        assert_eq!(CommandError::Unrecognized.to_string(), "Command not recognized");
+        assert_eq!(
+            CommandError::Unrecognized.to_string(),
+            "Command not recognized"
+        );
     }
 
     #[test]

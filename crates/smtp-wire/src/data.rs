@@ -9,6 +9,9 @@
 //! This is the hot path of the relay: the receiver copies spans between line ends in bulk,
 //! keeps only a few bytes of state between calls, and never allocates.
 
+/// RFC 5321 §4.5.3.1.6: the longest text line, including CRLF; the usual [`DataLimits::max_line`].
+pub const MAX_TEXT_LINE: usize = 1000;
+
 /// Limits applied while receiving.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DataLimits {
@@ -70,7 +73,7 @@ pub struct Feed {
 pub struct DataSummary {
     /// Total normalised size, even beyond the limit.
     pub size: u64,
-    /// `size` exceeded `max_size`; the output was truncated.
+    /// `size` exceeded `max_size`; the output was truncated to the first `max_size` octets.
     pub oversize: bool,
     /// Lines longer than `max_line` (normalised, CRLF included).
     pub long_lines: u64,
@@ -153,7 +156,7 @@ impl DataReceiver {
                 }
                 State::Mid => {
                     let rest = &input[i..];
-                    match rest.iter().position(|&b| b == b'\n' || b == b'\r') {
+                    match find_line_break(rest) {
                         None => {
                             self.content(rest, out);
                             i = input.len();
@@ -192,7 +195,7 @@ impl DataReceiver {
         if bytes.is_empty() {
             return;
         }
-        self.line_len += bytes.len();
+        self.line_len = self.line_len.saturating_add(bytes.len());
         // Each check stops being paid for once it has fired.
         if !self.summary.eight_bit && bytes.iter().any(|&b| b >= 0x80) {
             self.summary.eight_bit = true;
@@ -213,7 +216,7 @@ impl DataReceiver {
         if !crlf {
             self.summary.bare_lf += 1;
         }
-        if self.line_len + 2 > self.limits.max_line {
+        if self.line_len.saturating_add(2) > self.limits.max_line {
             self.summary.long_lines += 1;
         }
         self.emit(b"\r\n", out);
@@ -224,14 +227,48 @@ impl DataReceiver {
 
     /// Counts normalised output and appends it while within the size limit. Past the limit the
     /// output stays truncated (the message will be refused; keeping it would only cost memory).
+    /// The part of a span that still fits is appended, so the output is exactly the first
+    /// `max_size` octets whatever the chunking of the input.
     fn emit(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
+        let room = self.limits.max_size.saturating_sub(self.summary.size);
         self.summary.size += bytes.len() as u64;
-        if self.summary.size > self.limits.max_size {
-            self.summary.oversize = true;
-        } else {
+        if bytes.len() as u64 <= room {
             out.extend_from_slice(bytes);
+        } else {
+            self.summary.oversize = true;
+            // room < bytes.len(), so it fits in usize.
+            out.extend_from_slice(&bytes[..room as usize]);
         }
     }
+}
+
+/// Index of the first CR or LF in `hay`, eight bytes at a time (SWAR, in safe code: this crate has
+/// no dependencies, so no `memchr`). This is the inner loop of the DATA phase; a byte-at-a-time
+/// search comparing against two values does not vectorise and was measurably slower.
+fn find_line_break(hay: &[u8]) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    const LF: u64 = LO * b'\n' as u64;
+    const CR: u64 = LO * b'\r' as u64;
+    let mut chunks = hay.chunks_exact(8);
+    let mut offset = 0;
+    for chunk in &mut chunks {
+        let x = u64::from_le_bytes(chunk.try_into().expect("chunks_exact(8)"));
+        let (lf, cr) = (x ^ LF, x ^ CR);
+        // "Has a zero byte": the lowest set bit marks the first zero byte exactly (false
+        // positives can only appear above a true zero), and little-endian puts the first byte
+        // lowest, so the lowest bit of either mask is the first CR or LF.
+        let found = (lf.wrapping_sub(LO) & !lf & HI) | (cr.wrapping_sub(LO) & !cr & HI);
+        if found != 0 {
+            return Some(offset + (found.trailing_zeros() / 8) as usize);
+        }
+        offset += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| b == b'\n' || b == b'\r')
+        .map(|p| offset + p)
 }
 
 /// Appends `content` dot-stuffed for transmission, followed by the end marker ".\r\n" (adding a
@@ -293,7 +330,10 @@ mod tests {
         for piece in input.chunks(chunk.max(1)) {
             let feed = rx.feed(piece, &mut out);
             consumed += feed.consumed;
-            assert!(feed.consumed == piece.len() || feed.done, "stopped early without end");
+            assert!(
+                feed.consumed == piece.len() || feed.done,
+                "stopped early without end"
+            );
             if feed.done {
                 done = true;
                 break;
@@ -393,11 +433,29 @@ mod tests {
         // And "\r\n.\r" completed by an LF in the next feed is the end.
         let mut rx = DataReceiver::new(LIMITS);
         let mut out = Vec::new();
-        assert_eq!(rx.feed(b"a\r\n.\r", &mut out), Feed { consumed: 5, done: false });
-        assert_eq!(rx.feed(b"\nX", &mut out), Feed { consumed: 1, done: true });
+        assert_eq!(
+            rx.feed(b"a\r\n.\r", &mut out),
+            Feed {
+                consumed: 5,
+                done: false
+            }
+        );
+        assert_eq!(
+            rx.feed(b"\nX", &mut out),
+            Feed {
+                consumed: 1,
+                done: true
+            }
+        );
         assert_eq!(out, b"a\r\n");
         // Nothing more is taken once done.
-        assert_eq!(rx.feed(b"X", &mut out), Feed { consumed: 0, done: true });
+        assert_eq!(
+            rx.feed(b"X", &mut out),
+            Feed {
+                consumed: 0,
+                done: true
+            }
+        );
     }
 
     #[test]
@@ -412,7 +470,11 @@ mod tests {
     fn unstuffing() {
         check(b"..\r\n.\r\n", b".\r\n", Some(7));
         check(b"...\r\n.\r\n", b"..\r\n", Some(8));
-        check(b".foo\r\n..bar\r\nx.y\r\n.\r\n", b"foo\r\n.bar\r\nx.y\r\n", Some(21));
+        check(
+            b".foo\r\n..bar\r\nx.y\r\n.\r\n",
+            b"foo\r\n.bar\r\nx.y\r\n",
+            Some(21),
+        );
         // After a bare LF too: the line starts there as far as we are concerned.
         check(b"a\n..b\r\n.\r\n", b"a\r\n.b\r\n", Some(10));
         // A "." line that is not the end is kept as ".".
@@ -458,7 +520,7 @@ mod tests {
             assert_eq!(r.consumed, over.len() - 4);
             assert!(r.summary.oversize);
             assert_eq!(r.summary.size, 27);
-            assert!(r.out.len() <= 10);
+            assert_eq!(r.out, b"0123456789");
         }
     }
 
@@ -474,6 +536,30 @@ mod tests {
         assert!(r.done);
         assert_eq!(r.summary.long_lines, 2);
         assert_eq!(r.out, b"12345678\r\n123456789\r\n123456789\r\n.1234567\r\n");
+    }
+
+    #[test]
+    fn line_break_search() {
+        let naive = |h: &[u8]| h.iter().position(|&b| b == b'\n' || b == b'\r');
+        let mut hay = vec![b'a'; 40];
+        assert_eq!(find_line_break(&hay), None);
+        for i in 0..hay.len() {
+            for special in [b'\r', b'\n'] {
+                hay[i] = special;
+                // Bytes that could confuse the bit trick around the match.
+                for j in (i + 1)..hay.len() {
+                    hay[j] = [0x0c, 0x0e, 0x0b, 0x8d, 0x8a, 0x00, 0xff, b'\r'][j % 8];
+                }
+                for start in 0..8.min(hay.len()) {
+                    assert_eq!(find_line_break(&hay[start..]), naive(&hay[start..]));
+                }
+                hay.iter_mut().for_each(|b| *b = b'a');
+            }
+        }
+        for b in 0..=255u8 {
+            let hay = [b; 19];
+            assert_eq!(find_line_break(&hay), naive(&hay), "byte {b}");
+        }
     }
 
     #[test]

@@ -4,6 +4,10 @@
 //! 512 octets including CRLF). It does not own buffering: the caller keeps the bytes and drops
 //! what [`LineFramer::poll`] says was consumed, so the framer itself never allocates.
 
+/// RFC 5321 §4.5.3.1.4: the longest command line, including CRLF; the usual [`LineFramer::new`]
+/// argument (raise it when advertising extensions that make lines longer, e.g. many parameters).
+pub const MAX_COMMAND_LINE: usize = 512;
+
 /// Splits the command stream into lines, enforcing a maximum length (RFC 5321: 512 octets
 /// including CRLF). A too-long line is discarded up to and including its LF, and reported once.
 #[derive(Clone, Debug)]
@@ -162,7 +166,13 @@ mod tests {
         assert_eq!(f.poll(b""), Framed::NeedMore { consumed: 0 });
         assert_eq!(f.poll(b"NOOP"), Framed::NeedMore { consumed: 0 });
         assert_eq!(f.poll(b"NOOP\r"), Framed::NeedMore { consumed: 0 });
-        assert_eq!(f.poll(b"NOOP\r\n"), Framed::Line { len: 4, consumed: 6 });
+        assert_eq!(
+            f.poll(b"NOOP\r\n"),
+            Framed::Line {
+                len: 4,
+                consumed: 6
+            }
+        );
     }
 
     #[test]
@@ -171,12 +181,24 @@ mod tests {
         let eight = "a".repeat(8);
         let nine = "a".repeat(9);
         for term in ["\r\n", "\n"] {
-            assert_eq!(run(10, &[format!("{eight}{term}").as_bytes()]), vec![line(&eight)]);
-            assert_eq!(run(10, &[format!("{nine}{term}").as_bytes()]), vec![Err(())]);
+            assert_eq!(
+                run(10, &[format!("{eight}{term}").as_bytes()]),
+                vec![line(&eight)]
+            );
+            assert_eq!(
+                run(10, &[format!("{nine}{term}").as_bytes()]),
+                vec![Err(())]
+            );
         }
         let mut f = LineFramer::new(512);
         let ok = format!("{}\r\n", "x".repeat(510));
-        assert_eq!(f.poll(ok.as_bytes()), Framed::Line { len: 510, consumed: 512 });
+        assert_eq!(
+            f.poll(ok.as_bytes()),
+            Framed::Line {
+                len: 510,
+                consumed: 512
+            }
+        );
         let long = format!("{}\r\n", "x".repeat(511));
         assert_eq!(f.poll(long.as_bytes()), Framed::TooLong { consumed: 513 });
     }
@@ -190,7 +212,12 @@ mod tests {
             vec![line("NOOP"), Err(()), line("QUIT")]
         );
         // Arriving in pieces: the tail of the long line must not become a command.
-        let chunks: Vec<&[u8]> = vec![b"NOOP\r\n", &long.as_bytes()[..50], b"aaaaaaaaaa", b"RSET\r\nQUIT\r\n"];
+        let chunks: Vec<&[u8]> = vec![
+            b"NOOP\r\n",
+            &long.as_bytes()[..50],
+            b"aaaaaaaaaa",
+            b"RSET\r\nQUIT\r\n",
+        ];
         assert_eq!(run(20, &chunks), vec![line("NOOP"), Err(()), line("QUIT")]);
     }
 
@@ -206,7 +233,13 @@ mod tests {
         assert_eq!(f.poll(b"bbb"), Framed::NeedMore { consumed: 3 });
         assert_eq!(f.poll(b"b\r\nNOOP\r\n"), Framed::TooLong { consumed: 3 });
         assert!(!f.is_discarding());
-        assert_eq!(f.poll(b"NOOP\r\n"), Framed::Line { len: 4, consumed: 6 });
+        assert_eq!(
+            f.poll(b"NOOP\r\n"),
+            Framed::Line {
+                len: 4,
+                consumed: 6
+            }
+        );
     }
 
     #[test]

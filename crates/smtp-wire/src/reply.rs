@@ -6,6 +6,7 @@
 //! supplies can inject an extra line (or an extra reply) into the stream.
 
 use std::fmt;
+use std::io::Write as _;
 
 /// Longest reply line we accept from a server, excluding the terminator. RFC 5321 §4.5.3.1.5 says
 /// 512 octets, but real servers (notably Microsoft 365 and Gmail) send longer diagnostic lines, so
@@ -117,11 +118,7 @@ impl Reply {
         detail: u16,
         text: impl Into<String>,
     ) -> Self {
-        Reply::new(
-            code,
-            Some(EnhancedCode::new(class, subject, detail)),
-            text,
-        )
+        Reply::new(code, Some(EnhancedCode::new(class, subject, detail)), text)
     }
 
     /// Same as [`Reply::with_code`] with the enhanced code as a tuple:
@@ -152,13 +149,12 @@ impl Reply {
         };
         let last = lines.len() - 1;
         for (i, line) in lines.iter().enumerate() {
-            // `write!` into a Vec<u8> cannot fail.
-            let _ = write_code(out, self.code);
-            out.push(if i == last { b' ' } else { b'-' });
-            if let Some(e) = self.enhanced {
-                out.extend_from_slice(e.to_string().as_bytes());
-                out.push(b' ');
-            }
+            let sep = if i == last { ' ' } else { '-' };
+            // Writing into a Vec<u8> cannot fail.
+            let _ = match self.enhanced {
+                Some(e) => write!(out, "{}{sep}{e} ", self.code),
+                None => write!(out, "{}{sep}", self.code),
+            };
             // The fields are public, so a caller may have bypassed the constructors: sanitise on
             // the way out too. Only CR/LF could break framing; map them without allocating when
             // there are none.
@@ -176,7 +172,8 @@ impl Reply {
 
     /// The wire form as a new buffer; see [`Reply::write_to`].
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(16 + self.lines.iter().map(|l| l.len() + 16).sum::<usize>());
+        let mut out =
+            Vec::with_capacity(16 + self.lines.iter().map(|l| l.len() + 16).sum::<usize>());
         self.write_to(&mut out);
         out
     }
@@ -205,11 +202,6 @@ impl Reply {
     pub fn text(&self) -> String {
         self.lines.join(" ")
     }
-}
-
-fn write_code(out: &mut Vec<u8>, code: u16) -> std::io::Result<()> {
-    use std::io::Write;
-    write!(out, "{code}")
 }
 
 impl fmt::Display for Reply {
@@ -373,7 +365,8 @@ mod tests {
 
     #[test]
     fn enhanced_code_parse_and_display() {
-        let cases: &[(&str, Option<(u8, u16, u16)>)] = &[
+        type Parts = Option<(u8, u16, u16)>;
+        let cases: &[(&str, Parts)] = &[
             ("5.7.1", Some((5, 7, 1))),
             ("2.0.0", Some((2, 0, 0))),
             ("4.4.7", Some((4, 4, 7))),
@@ -505,7 +498,8 @@ mod tests {
 
     #[test]
     fn parse_multiline_with_enhanced() {
-        let input = b"550-5.7.1 Message rejected\r\n550-5.7.1 see https://x\r\n550 5.7.1 policy\r\nXX";
+        let input =
+            b"550-5.7.1 Message rejected\r\n550-5.7.1 see https://x\r\n550 5.7.1 policy\r\nXX";
         let (r, n) = parse_ok(input);
         assert_eq!(n, input.len() - 2);
         assert_eq!(r.code, 550);
@@ -517,13 +511,19 @@ mod tests {
 
     #[test]
     fn parse_ehlo_response() {
-        let input = b"250-mx.example Hello\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250 STARTTLS\r\n";
+        let input =
+            b"250-mx.example Hello\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250 STARTTLS\r\n";
         let (r, n) = parse_ok(input);
         assert_eq!(n, input.len());
         assert_eq!(r.enhanced, None);
         assert_eq!(
             r.lines,
-            vec!["mx.example Hello", "PIPELINING", "SIZE 10240000", "STARTTLS"]
+            vec![
+                "mx.example Hello",
+                "PIPELINING",
+                "SIZE 10240000",
+                "STARTTLS"
+            ]
         );
     }
 

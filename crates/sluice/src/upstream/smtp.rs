@@ -11,6 +11,9 @@ use tokio::time::timeout;
 use super::{Envelope, Outcome, TransportError};
 use crate::config::{UpstreamConfig, UpstreamTls};
 
+/// No sane reply (even a long EHLO list) comes near this; a server that sends more is broken or hostile.
+const MAX_REPLY_BYTES: usize = 64 * 1024;
+
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
@@ -378,6 +381,9 @@ impl SmtpConnection {
             };
             if n == 0 {
                 return Err(TransportError::Closed);
+            }
+            if self.buf.len() + n > MAX_REPLY_BYTES {
+                return Err(TransportError::Protocol(format!("reply to {what} exceeds {MAX_REPLY_BYTES} bytes")));
             }
             self.buf.extend_from_slice(&chunk[..n]);
         }
