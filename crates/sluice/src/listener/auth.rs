@@ -202,7 +202,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Framed::NeedMore { consumed } => {
                     self.rpos += consumed;
                     let limit = self.state.ctx.config.idle_timeout;
-                    match self.fill(limit, false).await {
+                    match self.fill(limit, false, super::session::COMMAND_READ).await {
                         Input::Data => {}
                         Input::Timeout => {
                             self.reply(Reply::with_code(421, 4, 4, 2, "Error: timeout exceeded"));

@@ -5,7 +5,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{error, info, warn};
 
 use super::received::{self, ReceivedInfo};
-use super::session::{Flow, Input, MAX_TEXT_LINE, Session};
+use super::session::{DATA_READ, Flow, Input, MAX_TEXT_LINE, Session};
 use crate::spool::{QueueRecord, RECORD_VERSION, RecipientState, RecipientStatus, Spool, now_ms};
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
@@ -50,7 +50,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             if fed.done {
                 break;
             }
-            match self.fill(data_timeout, false).await {
+            match self.fill(data_timeout, false, DATA_READ).await {
                 Input::Data => {}
                 Input::Timeout => {
                     self.state.tx = None;
@@ -67,6 +67,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
         }
 
+        self.shrink_buffers();
         let tx = self.state.tx.take().expect("checked at the start");
         let summary = receiver.summary();
         if summary.oversize {

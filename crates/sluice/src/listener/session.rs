@@ -22,6 +22,9 @@ pub const MAX_TEXT_LINE: usize = 1000;
 /// After this many rejected commands the client is more likely a bot or a broken script than a device
 /// with a typo; hang up rather than keep feeding it replies.
 pub const MAX_ERRORS: u32 = 20;
+/// Read sizes: between commands and while receiving message content.
+pub(super) const COMMAND_READ: usize = 2 * 1024;
+pub(super) const DATA_READ: usize = 64 * 1024;
 
 /// TLS facts for the Received header and logs.
 #[derive(Debug, Clone)]
@@ -125,9 +128,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         Session {
             stream,
             state,
-            rbuf: Vec::with_capacity(8192),
+            rbuf: Vec::new(),
             rpos: 0,
-            wbuf: Vec::with_capacity(1024),
+            wbuf: Vec::with_capacity(512),
             framer: LineFramer::new(MAX_COMMAND_LINE),
         }
     }
@@ -152,7 +155,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Framed::NeedMore { consumed } => {
                     self.rpos += consumed;
                     let idle = self.state.ctx.config.idle_timeout;
-                    match self.fill(idle, true).await {
+                    match self.fill(idle, true, COMMAND_READ).await {
                         Input::Data => continue,
                         Input::Eof | Input::Error => {
                             return self.close("client disconnected").await;
@@ -320,36 +323,50 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// Flushes pending replies, then waits up to `limit` for more input. Only a wait for a command
     /// (`interruptible`) gives way to server shutdown; a message being received is let finish.
-    pub(super) async fn fill(&mut self, limit: Duration, interruptible: bool) -> Input {
+    /// `want` is how much room to offer the read: small between commands, so that thousands of idle
+    /// sessions stay cheap, larger while a message streams in.
+    pub(super) async fn fill(
+        &mut self,
+        limit: Duration,
+        interruptible: bool,
+        want: usize,
+    ) -> Input {
         if self.flush().await.is_err() {
             return Input::Error;
         }
-        if self.rpos > 0 && self.rpos == self.rbuf.len() {
+        if self.rpos == self.rbuf.len() {
             self.rbuf.clear();
             self.rpos = 0;
-        } else if self.rpos > self.rbuf.capacity() / 2 {
+        } else if self.rpos > self.rbuf.len() / 2 {
             self.rbuf.drain(..self.rpos);
             self.rpos = 0;
         }
-        let start = self.rbuf.len();
-        self.rbuf.resize(start + 16 * 1024, 0);
-        let shutdown = self.state.ctx.shutdown.clone();
-        let read = async {
-            tokio::select! {
-                result = tokio::time::timeout(limit, self.stream.read(&mut self.rbuf[start..])) => match result {
-                    Err(_) => Input::Timeout,
-                    Ok(Ok(0)) => Input::Eof,
-                    Ok(Ok(n)) => { self.rbuf.truncate(start + n); Input::Data }
-                    Ok(Err(e)) => { debug!(error = %e, "read error"); Input::Error }
-                },
-                _ = shutdown.cancelled(), if interruptible => Input::Shutdown,
-            }
-        };
-        let input = read.await;
-        if !matches!(input, Input::Data) {
-            self.rbuf.truncate(start);
+        if self.rbuf.capacity() - self.rbuf.len() < want {
+            self.rbuf.reserve(want);
         }
-        input
+        let shutdown = self.state.ctx.shutdown.clone();
+        tokio::select! {
+            // read_buf fills the spare capacity without zeroing it first.
+            result = tokio::time::timeout(limit, self.stream.read_buf(&mut self.rbuf)) => match result {
+                Err(_) => Input::Timeout,
+                Ok(Ok(0)) => Input::Eof,
+                Ok(Ok(_)) => Input::Data,
+                Ok(Err(e)) => {
+                    debug!(error = %e, "read error");
+                    Input::Error
+                }
+            },
+            _ = shutdown.cancelled(), if interruptible => Input::Shutdown,
+        }
+    }
+
+    /// Gives back a large read buffer once a big message has passed through, so an idle session
+    /// does not keep megabytes around.
+    pub(super) fn shrink_buffers(&mut self) {
+        if self.rbuf.capacity() > COMMAND_READ * 16 && self.rpos == self.rbuf.len() {
+            self.rbuf = Vec::new();
+            self.rpos = 0;
+        }
     }
 
     async fn close(mut self, why: &'static str) -> Ended<S> {

@@ -37,7 +37,14 @@ struct Inner {
     hostname: String,
     queue: Mutex<Queue>,
     wake: Notify,
+    /// Set when the upstream could not be reached: until then, due messages are deferred with that
+    /// error instead of each opening its own doomed connection (a queue of thousands would otherwise
+    /// hammer a host that is down).
+    upstream_down: Mutex<Option<(Instant, TransportError)>>,
 }
+
+/// How long an unreachable upstream is left alone before the next connection attempt.
+const MAX_UPSTREAM_BACKOFF: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
 struct Queue {
@@ -68,6 +75,7 @@ impl Scheduler {
                 hostname,
                 queue: Mutex::new(Queue::default()),
                 wake: Notify::new(),
+                upstream_down: Mutex::new(None),
             }),
         }
     }
@@ -223,7 +231,24 @@ impl Inner {
             }
             let fresh = conn.is_none();
             if fresh {
-                *conn = Some(SmtpConnection::connect(&self.upstream).await?);
+                if let Some((until, error)) = self.upstream_down.lock().expect("down lock").clone()
+                    && Instant::now() < until
+                {
+                    return Err(error);
+                }
+                match SmtpConnection::connect(&self.upstream).await {
+                    Ok(c) => {
+                        *self.upstream_down.lock().expect("down lock") = None;
+                        *conn = Some(c);
+                    }
+                    Err(error) => {
+                        let pause = self.retry.initial_interval.min(MAX_UPSTREAM_BACKOFF);
+                        warn!(upstream = %self.upstream.display_name(), %error, ?pause, "upstream unavailable");
+                        *self.upstream_down.lock().expect("down lock") =
+                            Some((Instant::now() + pause, error.clone()));
+                        return Err(error);
+                    }
+                }
             }
             let c = conn.as_mut().expect("connected above");
             match c.send(envelope, body).await {

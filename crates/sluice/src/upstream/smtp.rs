@@ -383,7 +383,9 @@ impl SmtpConnection {
                 return Err(TransportError::Closed);
             }
             if self.buf.len() + n > MAX_REPLY_BYTES {
-                return Err(TransportError::Protocol(format!("reply to {what} exceeds {MAX_REPLY_BYTES} bytes")));
+                return Err(TransportError::Protocol(format!(
+                    "reply to {what} exceeds {MAX_REPLY_BYTES} bytes"
+                )));
             }
             self.buf.extend_from_slice(&chunk[..n]);
         }
