@@ -66,12 +66,7 @@ pub fn build(input: &DsnInput<'_>) -> Vec<u8> {
         id = input.queue_id,
     );
     for failed in input.failed {
-        let _ = write!(
-            out,
-            "<{}>: {}\r\n",
-            failed.address,
-            one_line(&failed.explanation)
-        );
+        let _ = write!(out, "<{}>: {}\r\n", failed.address, one_line(&failed.explanation));
     }
     let _ = write!(
         out,
@@ -136,18 +131,12 @@ pub fn status_from_reply(reply_text: &str) -> String {
 
 /// The header section of a message: everything before the first empty line.
 fn header_section(message: &[u8]) -> &[u8] {
-    let end = message
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|p| p + 2)
-        .unwrap_or(message.len());
+    let end = message.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 2).unwrap_or(message.len());
     &message[..end]
 }
 
 fn one_line(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
+    text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }
 
 #[cfg(test)]
@@ -176,9 +165,7 @@ mod tests {
         let text = String::from_utf8(dsn).unwrap();
         assert!(text.contains("Content-Type: multipart/report; report-type=delivery-status;"));
         assert!(text.contains("Content-Type: message/delivery-status\r\n"));
-        assert!(text.contains(
-            "Final-Recipient: rfc822; nobody@example.com\r\nAction: failed\r\nStatus: 5.1.1\r\n"
-        ));
+        assert!(text.contains("Final-Recipient: rfc822; nobody@example.com\r\nAction: failed\r\nStatus: 5.1.1\r\n"));
         assert!(text.contains("Remote-MTA: dns; smtp.test\r\n"));
         assert!(text.contains("Diagnostic-Code: smtp; 550 5.1.1 User unknown\r\n"));
         assert!(text.contains("Subject: scan\r\n"));

@@ -11,11 +11,7 @@ use tracing_subscriber::EnvFilter;
 use sluice::config;
 
 #[derive(Parser)]
-#[command(
-    name = "sluice",
-    version,
-    about = "SMTP relay for Microsoft 365 and other smarthosts"
-)]
+#[command(name = "sluice", version, about = "SMTP relay for Microsoft 365 and other smarthosts")]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value = "text")]
@@ -90,10 +86,7 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("sluice: cannot start the runtime: {e}");
@@ -135,11 +128,7 @@ fn check_config(path: &std::path::Path) -> ExitCode {
                     l.address, l.tls, auth, l.allowed_networks
                 );
             }
-            println!(
-                "  upstream: {} tls={:?}",
-                config.upstream.display_name(),
-                config.upstream.tls
-            );
+            println!("  upstream: {} tls={:?}", config.upstream.display_name(), config.upstream.tls);
             for warning in &config.warnings {
                 println!("  warning:  {warning}");
             }

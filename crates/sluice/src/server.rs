@@ -30,27 +30,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .with_context(|| format!("cannot open spool {}", config.spool_dir.display()))?;
     let recovery = {
         let spool = spool.clone();
-        tokio::task::spawn_blocking(move || spool.recover())
-            .await?
-            .context("cannot scan the spool")?
+        tokio::task::spawn_blocking(move || spool.recover()).await?.context("cannot scan the spool")?
     };
     for (id, reason) in &recovery.quarantined {
         error!(queue_id = %id, %reason, "corrupt queue entry moved to corrupt/");
     }
     if recovery.uncommitted_removed > 0 {
-        info!(
-            count = recovery.uncommitted_removed,
-            "removed bodies of messages never acknowledged"
-        );
+        info!(count = recovery.uncommitted_removed, "removed bodies of messages never acknowledged");
     }
     info!(spool = %config.spool_dir.display(), messages = recovery.records.len(), "spool recovered");
 
-    let scheduler = Scheduler::new(
-        spool.clone(),
-        config.upstream.clone(),
-        config.retry,
-        config.hostname.clone(),
-    );
+    let scheduler = Scheduler::new(spool.clone(), config.upstream.clone(), config.retry, config.hostname.clone());
     for record in recovery.records {
         scheduler.enqueue(record);
     }
@@ -62,6 +52,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         spool,
         scheduler: scheduler.clone(),
         users: Users::new(&config.users),
+        policy: Arc::new(config.policy),
+        abuse: crate::policy::abuse::Abuse::new(config.abuse),
     });
     let sessions = TaskTracker::new();
     let listeners = TaskTracker::new();
@@ -89,29 +81,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     listeners.close();
     listeners.wait().await;
     sessions.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, sessions.wait())
-        .await
-        .is_err()
-    {
-        warn!(
-            "sessions still open after {SHUTDOWN_GRACE:?}; closing them (nothing unacknowledged is kept)"
-        );
+    if tokio::time::timeout(SHUTDOWN_GRACE, sessions.wait()).await.is_err() {
+        warn!("sessions still open after {SHUTDOWN_GRACE:?}; closing them (nothing unacknowledged is kept)");
     }
     workers_stop.cancel();
-    if tokio::time::timeout(SHUTDOWN_GRACE, async {
-        while workers.join_next().await.is_some() {}
-    })
-    .await
-    .is_err()
-    {
-        warn!(
-            "deliveries still in flight after {SHUTDOWN_GRACE:?}; they will be retried at the next start"
-        );
+    if tokio::time::timeout(SHUTDOWN_GRACE, async { while workers.join_next().await.is_some() {} }).await.is_err() {
+        warn!("deliveries still in flight after {SHUTDOWN_GRACE:?}; they will be retried at the next start");
     }
-    info!(
-        queued = scheduler.waiting(),
-        "stopped; the queue is kept on disk"
-    );
+    info!(queued = scheduler.waiting(), "stopped; the queue is kept on disk");
     Ok(())
 }
 
@@ -121,16 +98,15 @@ pub fn cancel_on_signals(token: CancellationToken) {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(term) => term,
-                    Err(e) => {
-                        error!(error = %e, "cannot listen for SIGTERM");
-                        let _ = ctrl_c.await;
-                        token.cancel();
-                        return;
-                    }
-                };
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(e) => {
+                    error!(error = %e, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    token.cancel();
+                    return;
+                }
+            };
             tokio::select! {
                 _ = ctrl_c => {}
                 _ = term.recv() => {}

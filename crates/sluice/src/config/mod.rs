@@ -16,7 +16,10 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use raw::RawConfig;
-pub use raw::{ListenerTls, UpstreamKind, UpstreamTls};
+pub use raw::{ClientCertificate, Credential, ListenerTls, UpstreamKind, UpstreamTls};
+
+use crate::policy::abuse::AbuseLimits;
+use crate::policy::{CertificateRule, NetworkRule, Policy, Rules};
 
 use crate::scheduler::retry::RetryPolicy;
 
@@ -28,26 +31,15 @@ pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{0}")]
     Syntax(String),
     #[error("{key}{}: {message}", line.map(|n| format!(" (line {n})")).unwrap_or_default())]
-    Invalid {
-        key: String,
-        message: String,
-        line: Option<usize>,
-    },
+    Invalid { key: String, message: String, line: Option<usize> },
 }
 
 fn invalid(key: impl Into<String>, message: impl fmt::Display) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        message: message.to_string(),
-        line: None,
-    }
+    ConfigError::Invalid { key: key.into(), message: message.to_string(), line: None }
 }
 
 /// Finds the line (1-based) where a key such as `listener[1].allowed_networks` or `upstream.tls` is set,
@@ -71,12 +63,7 @@ fn locate(text: &str, key: &str) -> Option<usize> {
     for (n, line) in text.lines().enumerate() {
         let trimmed = line.trim();
         if trimmed.starts_with('[') {
-            let header = trimmed
-                .trim_start_matches('[')
-                .split(']')
-                .next()
-                .unwrap_or("")
-                .trim();
+            let header = trimmed.trim_start_matches('[').split(']').next().unwrap_or("").trim();
             in_table = match (table_name, index) {
                 (Some(name), Some(i)) if header == name => {
                     seen += 1;
@@ -125,6 +112,9 @@ pub struct Config {
     pub users: Vec<UserConfig>,
     pub upstream: UpstreamConfig,
     pub retry: RetryPolicy,
+    /// Identity rules: per network, certificate and user.
+    pub policy: Policy,
+    pub abuse: AbuseLimits,
     /// Things that work but that the admin should know about (printed by serve and check-config).
     pub warnings: Vec<String>,
 }
@@ -142,6 +132,19 @@ pub struct ListenerConfig {
     pub max_connections: usize,
     pub idle_timeout: Duration,
     pub data_timeout: Duration,
+    pub command_timeout: Duration,
+    pub min_data_rate: u64,
+    pub max_connections_per_client: usize,
+    pub reject_bare_line_endings: bool,
+    pub max_header_size: u64,
+    pub max_received_headers: usize,
+    pub greeting_delay: Duration,
+    pub reject_unauth_pipelining: bool,
+    /// Client certificates are requested (verified against `client_ca_file`).
+    pub client_certificates: Option<ClientCertificate>,
+    pub require: Vec<Credential>,
+    pub proxy_protocol: bool,
+    pub proxy_trusted_networks: Vec<IpNet>,
 }
 
 impl fmt::Debug for ListenerConfig {
@@ -198,10 +201,7 @@ impl UpstreamConfig {
 
 /// Reads and resolves a configuration file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
     let base = path.parent().unwrap_or(Path::new("."));
     parse(&text, base)
 }
@@ -210,11 +210,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
     let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
     resolve(raw, base).map_err(|e| match e {
-        ConfigError::Invalid {
-            line: None,
-            key,
-            message,
-        } => {
+        ConfigError::Invalid { line: None, key, message } => {
             let line = locate(text, &key);
             ConfigError::Invalid { key, message, line }
         }
@@ -228,15 +224,8 @@ fn resolve(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         Some(name) => name,
         None => gethostname::gethostname().to_string_lossy().into_owned(),
     };
-    if hostname.is_empty()
-        || hostname
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control())
-    {
-        return Err(invalid(
-            "hostname",
-            format!("{hostname:?} is not a valid host name"),
-        ));
+    if hostname.is_empty() || hostname.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid("hostname", format!("{hostname:?} is not a valid host name")));
     }
     if raw.listeners.is_empty() {
         return Err(invalid("listener", "at least one [[listener]] is required"));
@@ -244,10 +233,8 @@ fn resolve(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
     let mut listeners = Vec::new();
     for (i, l) in raw.listeners.into_iter().enumerate() {
         let key = format!("listener[{i}]");
-        let address: SocketAddr = l
-            .address
-            .parse()
-            .map_err(|e| invalid(format!("{key}.address"), format!("{:?}: {e}", l.address)))?;
+        let address: SocketAddr =
+            l.address.parse().map_err(|e| invalid(format!("{key}.address"), format!("{:?}: {e}", l.address)))?;
         let allowed_networks = l
             .allowed_networks
             .iter()
@@ -262,9 +249,11 @@ fn resolve(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
                         "tls = \"starttls\" or \"implicit\" needs cert_file and key_file",
                     ));
                 };
+                let client_ca = l.client_ca_file.as_ref().map(|f| base.join(f));
                 Some(Arc::new(server_tls(
                     &base.join(cert),
                     &base.join(keyf),
+                    client_ca.as_deref().map(|ca| (ca, l.client_certificate)),
                     &key,
                 )?))
             }
@@ -277,10 +266,42 @@ fn resolve(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         if l.auth && l.tls == ListenerTls::None && !l.insecure_allow_plaintext_auth {
             // Not an error: the listener still serves allowed networks. AUTH is simply never offered.
         }
-        if l.max_connections == 0 || l.max_recipients == 0 || l.max_message_size == 0 {
+        if l.max_connections == 0
+            || l.max_recipients == 0
+            || l.max_message_size == 0
+            || l.max_connections_per_client == 0
+        {
             return Err(invalid(
                 &key,
-                "max_connections, max_recipients and max_message_size must be > 0",
+                "max_connections, max_connections_per_client, max_recipients and max_message_size must be > 0",
+            ));
+        }
+        if l.client_ca_file.is_some() && tls_config.is_none() {
+            return Err(invalid(
+                format!("{key}.client_ca_file"),
+                "client certificates need tls = \"starttls\" or \"implicit\"",
+            ));
+        }
+        if l.require.contains(&Credential::Certificate) && l.client_ca_file.is_none() {
+            return Err(invalid(format!("{key}.require"), "\"certificate\" needs client_ca_file"));
+        }
+        if l.require.contains(&Credential::Network) && allowed_networks.is_empty() {
+            return Err(invalid(format!("{key}.require"), "\"network\" needs allowed_networks"));
+        }
+        let proxy_trusted_networks = l
+            .proxy_trusted_networks
+            .iter()
+            .map(|n| parse_network(n).map_err(|e| invalid(format!("{key}.proxy_trusted_networks"), e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        if l.proxy_protocol && proxy_trusted_networks.is_empty() {
+            return Err(invalid(
+                format!("{key}.proxy_trusted_networks"),
+                "proxy_protocol needs the load balancers' addresses: a PROXY header from anyone else would let them choose their own address",
+            ));
+        }
+        if let Some(everyone) = allowed_networks.iter().find(|n| n.prefix_len() == 0) {
+            warnings.push(format!(
+                "{key} ({address}): allowed_networks contains {everyone}: every client of that address family may relay"
             ));
         }
         listeners.push(ListenerConfig {
@@ -295,10 +316,23 @@ fn resolve(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
             max_connections: l.max_connections,
             idle_timeout: l.idle_timeout,
             data_timeout: l.data_timeout,
+            command_timeout: l.command_timeout,
+            min_data_rate: l.min_data_rate,
+            max_connections_per_client: l.max_connections_per_client,
+            reject_bare_line_endings: l.reject_bare_line_endings,
+            max_header_size: l.max_header_size,
+            max_received_headers: l.max_received_headers,
+            greeting_delay: l.greeting_delay,
+            reject_unauth_pipelining: l.reject_unauth_pipelining,
+            client_certificates: l.client_ca_file.as_ref().map(|_| l.client_certificate),
+            require: l.require,
+            proxy_protocol: l.proxy_protocol,
+            proxy_trusted_networks,
         });
     }
 
     let mut users = Vec::new();
+    let mut user_rules = std::collections::HashMap::new();
     for (i, u) in raw.users.into_iter().enumerate() {
         if let Err(e) = argon2::PasswordHash::new(&u.password_hash) {
             return Err(invalid(
@@ -310,16 +344,36 @@ fn resolve(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
             return Err(invalid(format!("user[{i}].name"), "must not be empty"));
         }
         if users.iter().any(|v: &UserConfig| v.name == u.name) {
-            return Err(invalid(
-                format!("user[{i}].name"),
-                format!("duplicate user {:?}", u.name),
-            ));
+            return Err(invalid(format!("user[{i}].name"), format!("duplicate user {:?}", u.name)));
         }
-        users.push(UserConfig {
-            name: u.name,
-            password_hash: u.password_hash,
-        });
+        let rules = Rules::new(&u.allowed_senders, &u.allowed_recipient_domains)
+            .map_err(|e| invalid(format!("user[{i}]"), e))?;
+        user_rules.insert(u.name.clone(), rules);
+        users.push(UserConfig { name: u.name, password_hash: u.password_hash });
     }
+    let mut networks = Vec::new();
+    for (i, n) in raw.networks.into_iter().enumerate() {
+        let network = parse_network(&n.address).map_err(|e| invalid(format!("network[{i}].address"), e))?;
+        let rules = Rules::new(&n.allowed_senders, &n.allowed_recipient_domains)
+            .map_err(|e| invalid(format!("network[{i}]"), e))?;
+        networks.push(NetworkRule { network, name: n.name.unwrap_or_else(|| network.to_string()), rules });
+    }
+    let mut certificates = Vec::new();
+    for (i, c) in raw.certificates.into_iter().enumerate() {
+        if c.name.trim().is_empty() || c.identity.trim().is_empty() {
+            return Err(invalid(format!("certificate[{i}]"), "name and identity must not be empty"));
+        }
+        let rules = Rules::new(&c.allowed_senders, &c.allowed_recipient_domains)
+            .map_err(|e| invalid(format!("certificate[{i}]"), e))?;
+        certificates.push(CertificateRule { name: c.name.to_lowercase(), identity: c.identity, rules });
+    }
+    let policy = Policy { networks, certificates, user_rules };
+    let abuse = AbuseLimits {
+        auth_failures_per_client: raw.limits.auth_failures_per_client.max(1),
+        auth_failures_per_user: raw.limits.auth_failures_per_user.max(1),
+        auth_failure_window: raw.limits.auth_failure_window,
+        auth_ban_time: raw.limits.auth_ban_time,
+    };
 
     let upstream = resolve_upstream(raw.upstream, base, &hostname, &mut warnings)?;
 
@@ -329,22 +383,11 @@ fn resolve(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         max_age: raw.retry.max_age,
     };
     if retry.initial_interval.is_zero() || retry.max_interval < retry.initial_interval {
-        return Err(invalid(
-            "retry",
-            "need 0 < initial_interval <= max_interval",
-        ));
+        return Err(invalid("retry", "need 0 < initial_interval <= max_interval"));
     }
 
     let spool_dir = base.join(raw.spool_dir);
-    Ok(Config {
-        hostname,
-        spool_dir,
-        listeners,
-        users,
-        upstream,
-        retry,
-        warnings,
-    })
+    Ok(Config { hostname, spool_dir, listeners, users, upstream, retry, policy, abuse, warnings })
 }
 
 fn resolve_upstream(
@@ -355,40 +398,28 @@ fn resolve_upstream(
 ) -> Result<UpstreamConfig, ConfigError> {
     let password = match (&u.password_file, &u.password_env) {
         (Some(_), Some(_)) => {
-            return Err(invalid(
-                "upstream.password_file",
-                "set password_file or password_env, not both",
-            ));
+            return Err(invalid("upstream.password_file", "set password_file or password_env, not both"));
         }
         (Some(file), None) => {
             let path = base.join(file);
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                invalid("upstream.password_file", format!("{}: {e}", path.display()))
-            })?;
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| invalid("upstream.password_file", format!("{}: {e}", path.display())))?;
             Some(Secret(text.trim_end_matches(['\r', '\n']).to_owned()))
         }
-        (None, Some(var)) => Some(Secret(std::env::var(var).map_err(|_| {
-            invalid(
-                "upstream.password_env",
-                format!("environment variable {var} is not set"),
-            )
-        })?)),
+        (None, Some(var)) => Some(Secret(
+            std::env::var(var)
+                .map_err(|_| invalid("upstream.password_env", format!("environment variable {var} is not set")))?,
+        )),
         (None, None) => None,
     };
     let credentials = match (u.username, password) {
         (Some(user), Some(pass)) => Some((user, pass)),
         (None, None) => None,
         (Some(_), None) => {
-            return Err(invalid(
-                "upstream.username",
-                "needs password_file or password_env",
-            ));
+            return Err(invalid("upstream.username", "needs password_file or password_env"));
         }
         (None, Some(_)) => {
-            return Err(invalid(
-                "upstream.username",
-                "a password is set but no username",
-            ));
+            return Err(invalid("upstream.username", "a password is set but no username"));
         }
     };
     if credentials.is_some() && u.tls == UpstreamTls::None {
@@ -398,23 +429,15 @@ fn resolve_upstream(
         ));
     }
     if u.tls == UpstreamTls::None {
-        warnings.push(format!(
-            "upstream {}:{}: tls = \"none\": mail leaves sluice unencrypted",
-            u.host, u.port
-        ));
+        warnings.push(format!("upstream {}:{}: tls = \"none\": mail leaves sluice unencrypted", u.host, u.port));
     }
     if u.connections == 0 || u.max_messages_per_connection == 0 {
-        return Err(invalid(
-            "upstream",
-            "connections and max_messages_per_connection must be > 0",
-        ));
+        return Err(invalid("upstream", "connections and max_messages_per_connection must be > 0"));
     }
     let name = u.tls_server_name.clone().unwrap_or_else(|| u.host.clone());
     let server_name = ServerName::try_from(name.clone())
         .map_err(|e| invalid("upstream.tls_server_name", format!("{name:?}: {e}")))?;
-    let tls_config = Arc::new(client_tls(
-        u.ca_file.as_ref().map(|f| base.join(f)).as_deref(),
-    )?);
+    let tls_config = Arc::new(client_tls(u.ca_file.as_ref().map(|f| base.join(f)).as_deref())?);
     Ok(UpstreamConfig {
         kind: u.kind,
         host: u.host,
@@ -449,35 +472,44 @@ fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
 fn server_tls(
     cert: &Path,
     key: &Path,
+    client_ca: Option<(&Path, ClientCertificate)>,
     config_key: &str,
 ) -> Result<rustls::ServerConfig, ConfigError> {
     let certs = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| {
-            invalid(
-                format!("{config_key}.cert_file"),
-                format!("{}: {e}", cert.display()),
-            )
-        })?;
+        .map_err(|e| invalid(format!("{config_key}.cert_file"), format!("{}: {e}", cert.display())))?;
     if certs.is_empty() {
-        return Err(invalid(
-            format!("{config_key}.cert_file"),
-            format!("{}: no certificate", cert.display()),
-        ));
+        return Err(invalid(format!("{config_key}.cert_file"), format!("{}: no certificate", cert.display())));
     }
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-        invalid(
-            format!("{config_key}.key_file"),
-            format!("{}: {e}", key.display()),
-        )
-    })?;
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| invalid(format!("{config_key}.key_file"), format!("{}: {e}", key.display())))?;
     // TLS 1.2 and 1.3 only: rustls does not implement older versions.
-    rustls::ServerConfig::builder_with_provider(crypto_provider())
+    let builder = rustls::ServerConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| invalid(config_key, e))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key_der)
-        .map_err(|e| invalid(format!("{config_key}.key_file"), e))
+        .map_err(|e| invalid(config_key, e))?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some((ca_file, mode)) => {
+            let ca_key = format!("{config_key}.client_ca_file");
+            let mut roots = rustls::RootCertStore::empty();
+            let cas = CertificateDer::pem_file_iter(ca_file)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| invalid(&ca_key, format!("{}: {e}", ca_file.display())))?;
+            for ca in cas {
+                roots.add(ca).map_err(|e| invalid(&ca_key, format!("{}: {e}", ca_file.display())))?;
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), crypto_provider());
+            // Optional: a device without a certificate may still use its network or a password; one that
+            // presents a certificate must present a valid one (expired or foreign ones fail the handshake).
+            let verifier = match mode {
+                ClientCertificate::Optional => verifier.allow_unauthenticated(),
+                ClientCertificate::Required => verifier,
+            };
+            builder.with_client_cert_verifier(verifier.build().map_err(|e| invalid(&ca_key, e))?)
+        }
+    };
+    builder.with_single_cert(certs, key_der).map_err(|e| invalid(format!("{config_key}.key_file"), e))
 }
 
 fn client_tls(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, ConfigError> {
@@ -492,24 +524,17 @@ fn client_tls(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, ConfigErro
             .and_then(|it| it.collect::<Result<Vec<_>, _>>())
             .map_err(|e| invalid("upstream.ca_file", format!("{}: {e}", path.display())))?;
         if certs.is_empty() {
-            return Err(invalid(
-                "upstream.ca_file",
-                format!("{}: no certificate", path.display()),
-            ));
+            return Err(invalid("upstream.ca_file", format!("{}: no certificate", path.display())));
         }
         for cert in certs {
-            roots
-                .add(cert)
-                .map_err(|e| invalid("upstream.ca_file", format!("{}: {e}", path.display())))?;
+            roots.add(cert).map_err(|e| invalid("upstream.ca_file", format!("{}: {e}", path.display())))?;
         }
     }
-    Ok(
-        rustls::ClientConfig::builder_with_provider(crypto_provider())
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| invalid("upstream.tls", e))?
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
+    Ok(rustls::ClientConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| invalid("upstream.tls", e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 #[cfg(test)]
@@ -546,9 +571,7 @@ mod tests {
 
     #[test]
     fn unknown_key_names_key_and_line() {
-        let err = parse(&minimal("[retry]\nmax_agee = \"1d\"\n"), Path::new("."))
-            .unwrap_err()
-            .to_string();
+        let err = parse(&minimal("[retry]\nmax_agee = \"1d\"\n"), Path::new(".")).unwrap_err().to_string();
         assert!(err.contains("max_agee"), "{err}");
         assert!(err.contains("line 11"), "{err}");
     }
@@ -557,16 +580,14 @@ mod tests {
     fn bad_network_is_named_with_its_line() {
         let text = minimal("").replace("\"::1\"", "\"10.0.0.0/33\"");
         let err = parse(&text, Path::new(".")).unwrap_err().to_string();
-        assert!(
-            err.contains("listener[0].allowed_networks (line 5)"),
-            "{err}"
-        );
+        assert!(err.contains("listener[0].allowed_networks (line 5)"), "{err}");
         assert!(err.contains("10.0.0.0/33"), "{err}");
     }
 
     #[test]
     fn locate_finds_keys_in_repeated_tables() {
-        let text = "a = 1\n[[listener]]\naddress = \"x\"\n[[listener]]\n# c\naddress = \"y\"\n[upstream]\ntls = \"none\"\n";
+        let text =
+            "a = 1\n[[listener]]\naddress = \"x\"\n[[listener]]\n# c\naddress = \"y\"\n[upstream]\ntls = \"none\"\n";
         assert_eq!(locate(text, "a"), Some(1));
         assert_eq!(locate(text, "listener[0].address"), Some(3));
         assert_eq!(locate(text, "listener[1].address"), Some(6));

@@ -19,6 +19,14 @@ pub struct RawConfig {
     pub listeners: Vec<RawListener>,
     #[serde(default, rename = "user")]
     pub users: Vec<RawUser>,
+    /// Sender and recipient rules for clients identified by their network.
+    #[serde(default, rename = "network")]
+    pub networks: Vec<RawNetwork>,
+    /// TLS client certificates that identify a device.
+    #[serde(default, rename = "certificate")]
+    pub certificates: Vec<RawCertificate>,
+    #[serde(default)]
+    pub limits: RawLimits,
     pub upstream: RawUpstream,
     #[serde(default)]
     pub retry: RawRetry,
@@ -62,6 +70,153 @@ pub struct RawListener {
     pub idle_timeout: Duration,
     #[serde(default = "default_data_timeout", with = "humantime_serde")]
     pub data_timeout: Duration,
+    /// A command line, once begun, must be complete within this (a byte-at-a-time client is cut off).
+    #[serde(default = "default_command_timeout_in", with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// Message content must arrive at least this fast (bytes per second, averaged after the first 10 s
+    /// of DATA). 0 turns the check off.
+    #[serde(default = "default_min_data_rate")]
+    pub min_data_rate: u64,
+    /// Concurrent sessions from one client address.
+    #[serde(default = "default_max_connections_per_client")]
+    pub max_connections_per_client: usize,
+    /// Refuse content with bare LF or bare CR line endings (550 5.5.2) instead of normalising them.
+    #[serde(default)]
+    pub reject_bare_line_endings: bool,
+    /// Largest header section accepted (bytes).
+    #[serde(default = "default_max_header_size")]
+    pub max_header_size: u64,
+    /// More Received headers than this means a mail loop (554 5.4.6).
+    #[serde(default = "default_max_received_headers")]
+    pub max_received_headers: usize,
+    /// Hang up on a client that sends a command together with the ones after it before we offered
+    /// PIPELINING (RFC 2920: EHLO ends a group), the way spam bots do.
+    #[serde(default = "yes")]
+    pub reject_unauth_pipelining: bool,
+    /// Wait this long before the greeting; a client that talks first is a bot and is disconnected.
+    #[serde(default, with = "humantime_serde")]
+    pub greeting_delay: Duration,
+    /// PEM file of the CA(s) whose client certificates identify devices (see [[certificate]]).
+    pub client_ca_file: Option<PathBuf>,
+    /// With `client_ca_file`: "optional" (default) or "required" (no certificate, no TLS session).
+    #[serde(default)]
+    pub client_certificate: ClientCertificate,
+    /// What a client must have to relay: any one of "network", "auth", "certificate" by default, or,
+    /// when listed here, all of those listed.
+    #[serde(default)]
+    pub require: Vec<Credential>,
+    /// Expect a PROXY protocol (v1 or v2) header first, from the load balancers in `proxy_trusted_networks`.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    #[serde(default)]
+    pub proxy_trusted_networks: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientCertificate {
+    #[default]
+    Optional,
+    Required,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Credential {
+    Network,
+    Auth,
+    Certificate,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNetwork {
+    pub address: String,
+    /// Name in logs. Default: the network.
+    pub name: Option<String>,
+    /// Envelope senders this identity may use: "user@example.com", "@example.com" or "example.com"
+    /// (the whole domain), "*.example.com" (subdomains), "scan*@example.com", "<>" (null sender).
+    /// Empty: any.
+    #[serde(default)]
+    pub allowed_senders: Vec<String>,
+    /// Recipient domains this identity may send to ("example.com", "*.example.com"). Empty: any.
+    #[serde(default)]
+    pub allowed_recipient_domains: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    /// Matched against the certificate's subject CN and DNS/email SAN names; "*.example.lan" allowed.
+    pub name: String,
+    /// The identity the certificate maps to (logs, Received header).
+    pub identity: String,
+    /// Envelope senders this identity may use: "user@example.com", "@example.com" or "example.com"
+    /// (the whole domain), "*.example.com" (subdomains), "scan*@example.com", "<>" (null sender).
+    /// Empty: any.
+    #[serde(default)]
+    pub allowed_senders: Vec<String>,
+    /// Recipient domains this identity may send to ("example.com", "*.example.com"). Empty: any.
+    #[serde(default)]
+    pub allowed_recipient_domains: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Failed AUTH attempts from one client address within `auth_failure_window` before it is banned.
+    #[serde(default = "default_auth_failures_per_client")]
+    pub auth_failures_per_client: u32,
+    /// Failed AUTH attempts for one user name (from anywhere) before that name is locked.
+    #[serde(default = "default_auth_failures_per_user")]
+    pub auth_failures_per_user: u32,
+    #[serde(default = "default_auth_failure_window", with = "humantime_serde")]
+    pub auth_failure_window: Duration,
+    #[serde(default = "default_auth_ban_time", with = "humantime_serde")]
+    pub auth_ban_time: Duration,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            auth_failures_per_client: default_auth_failures_per_client(),
+            auth_failures_per_user: default_auth_failures_per_user(),
+            auth_failure_window: default_auth_failure_window(),
+            auth_ban_time: default_auth_ban_time(),
+        }
+    }
+}
+
+fn default_command_timeout_in() -> Duration {
+    Duration::from_secs(60)
+}
+/// Far below any real device (even a 9600-baud line does 960 B/s) and far above a byte-at-a-time attack.
+fn default_min_data_rate() -> u64 {
+    100
+}
+/// Postfix's smtpd_client_connection_count_limit.
+fn default_max_connections_per_client() -> usize {
+    50
+}
+/// Postfix's header_size_limit.
+fn default_max_header_size() -> u64 {
+    102_400
+}
+/// Postfix's hopcount_limit.
+fn default_max_received_headers() -> usize {
+    50
+}
+fn default_auth_failures_per_client() -> u32 {
+    5
+}
+fn default_auth_failures_per_user() -> u32 {
+    10
+}
+fn default_auth_failure_window() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_auth_ban_time() -> Duration {
+    Duration::from_secs(900)
 }
 
 #[derive(Debug, Deserialize)]
@@ -70,6 +225,14 @@ pub struct RawUser {
     pub name: String,
     /// An argon2 PHC string, as printed by `sluice passwd`.
     pub password_hash: String,
+    /// Envelope senders this identity may use: "user@example.com", "@example.com" or "example.com"
+    /// (the whole domain), "*.example.com" (subdomains), "scan*@example.com", "<>" (null sender).
+    /// Empty: any.
+    #[serde(default)]
+    pub allowed_senders: Vec<String>,
+    /// Recipient domains this identity may send to ("example.com", "*.example.com"). Empty: any.
+    #[serde(default)]
+    pub allowed_recipient_domains: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

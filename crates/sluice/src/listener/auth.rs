@@ -21,24 +21,12 @@ enum Response {
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub(super) async fn auth(&mut self, mechanism: String, initial: Option<String>) -> Flow {
         if !self.state.ctx.config.auth || self.state.ctx.shared.users.is_empty() {
-            self.reply(Reply::with_code(
-                503,
-                5,
-                5,
-                1,
-                "Error: authentication not enabled",
-            ));
+            self.reply(Reply::with_code(503, 5, 5, 1, "Error: authentication not enabled"));
             return self.count_error();
         }
         if !self.state.auth_offered() {
             // RFC 4954 §4 / RFC 3207: no credentials over a connection we have not encrypted.
-            self.reply(Reply::with_code(
-                538,
-                5,
-                7,
-                11,
-                "Encryption required for requested authentication mechanism",
-            ));
+            self.reply(Reply::with_code(538, 5, 7, 11, "Encryption required for requested authentication mechanism"));
             return self.count_error();
         }
         if self.state.helo.is_none() || !self.state.esmtp {
@@ -46,36 +34,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return self.count_error();
         }
         if self.state.auth_user.is_some() {
-            self.reply(Reply::with_code(
-                503,
-                5,
-                5,
-                1,
-                "Error: already authenticated",
-            ));
+            self.reply(Reply::with_code(503, 5, 5, 1, "Error: already authenticated"));
             return self.count_error();
         }
         if self.state.tx.is_some() {
-            self.reply(Reply::with_code(
-                503,
-                5,
-                5,
-                1,
-                "Error: AUTH not allowed during a mail transaction",
-            ));
+            self.reply(Reply::with_code(503, 5, 5, 1, "Error: AUTH not allowed during a mail transaction"));
             return self.count_error();
         }
         let credentials = match mechanism.as_str() {
             "PLAIN" => self.plain(initial).await,
             "LOGIN" => self.login(initial).await,
             _ => {
-                self.reply(Reply::with_code(
-                    504,
-                    5,
-                    5,
-                    4,
-                    "Unrecognized authentication type",
-                ));
+                self.reply(Reply::with_code(504, 5, 5, 4, "Unrecognized authentication type"));
                 return self.count_error();
             }
         };
@@ -83,22 +53,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Ok(pair) => pair,
             Err(flow) => return flow,
         };
-        if self.state.ctx.shared.users.verify(&user, &password).await {
+        let abuse = self.state.ctx.shared.abuse.clone();
+        // A locked name is refused without checking the password, so guessing it gains nothing.
+        let locked = abuse.is_locked(&user);
+        if !locked && self.state.ctx.shared.users.verify(&user, &password).await {
             info!(client = %self.state.peer, user = %user, mechanism = %mechanism, "authenticated");
             self.state.auth_user = Some(user);
             self.reply(Reply::with_code(235, 2, 7, 0, "Authentication successful"));
-            Flow::Continue
-        } else {
-            warn!(client = %self.state.peer, user = %user, mechanism = %mechanism, "authentication failed");
-            self.reply(Reply::with_code(
-                535,
-                5,
-                7,
-                8,
-                "Authentication credentials invalid",
-            ));
-            self.count_error()
+            return Flow::Continue;
         }
+        let client = crate::policy::canonical(self.state.peer.ip());
+        let banned = abuse.auth_failed(client, &user);
+        warn!(client = %self.state.peer, user = %user, mechanism = %mechanism, locked, banned, "authentication failed");
+        self.reply(Reply::with_code(535, 5, 7, 8, "Authentication credentials invalid"));
+        if banned {
+            let text = format!("{} Error: too many failed authentication attempts", self.state.ctx.shared.hostname);
+            self.reply(Reply::with_code(421, 4, 7, 0, text));
+            return Flow::Close("banned after failed AUTH");
+        }
+        self.count_error()
     }
 
     async fn plain(&mut self, initial: Option<String>) -> Result<(String, String), Flow> {
@@ -115,21 +88,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         else {
             return Err(self.malformed());
         };
-        let (Ok(authzid), Ok(authcid), Ok(password)) = (
-            std::str::from_utf8(authzid),
-            std::str::from_utf8(authcid),
-            std::str::from_utf8(password),
-        ) else {
+        let (Ok(authzid), Ok(authcid), Ok(password)) =
+            (std::str::from_utf8(authzid), std::str::from_utf8(authcid), std::str::from_utf8(password))
+        else {
             return Err(self.malformed());
         };
         if !authzid.is_empty() && authzid != authcid {
-            self.reply(Reply::with_code(
-                535,
-                5,
-                7,
-                8,
-                "Authorization identity must match the user name",
-            ));
+            self.reply(Reply::with_code(535, 5, 7, 8, "Authorization identity must match the user name"));
             return Err(self.count_error());
         }
         Ok((authcid.to_owned(), password.to_owned()))
@@ -157,13 +122,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     fn malformed(&mut self) -> Flow {
-        self.reply(Reply::with_code(
-            501,
-            5,
-            5,
-            2,
-            "Cannot decode authentication response",
-        ));
+        self.reply(Reply::with_code(501, 5, 5, 2, "Cannot decode authentication response"));
         self.count_error()
     }
 
@@ -186,8 +145,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         loop {
             match framer.poll(&self.rbuf[self.rpos..]) {
                 Framed::Line { len, consumed } => {
-                    let line = std::str::from_utf8(&self.rbuf[self.rpos..self.rpos + len])
-                        .map(str::to_owned);
+                    let line = std::str::from_utf8(&self.rbuf[self.rpos..self.rpos + len]).map(str::to_owned);
                     self.rpos += consumed;
                     return match line {
                         Ok(line) if line == "*" => Response::Cancelled,

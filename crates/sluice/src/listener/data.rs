@@ -1,8 +1,14 @@
 //! DATA: receive the content, make it durable, and only then say 250.
 
+use std::time::{Duration, Instant};
+
 use smtp_wire::{DataLimits, DataReceiver, Reply};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{error, info, warn};
+
+/// The first seconds of DATA are not held to `min_data_rate`: TCP slow start and a client preparing its
+/// first chunk are not an attack.
+const DATA_RATE_GRACE: Duration = Duration::from_secs(10);
 
 use super::received::{self, ReceivedInfo};
 use super::session::{DATA_READ, Flow, Input, MAX_TEXT_LINE, Session};
@@ -34,21 +40,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             date: chrono::Utc::now(),
         });
         let max_size = config.max_message_size;
+        let min_rate = config.min_data_rate;
         let data_timeout = config.data_timeout;
         let expected = tx.params.size.unwrap_or(0).min(max_size) as usize;
         let mut body = Vec::with_capacity(header.len() + expected.max(8 * 1024) + 64);
         body.extend_from_slice(header.as_bytes());
 
         self.reply(Reply::new(354, None, "End data with <CR><LF>.<CR><LF>"));
-        let mut receiver = DataReceiver::new(DataLimits {
-            max_size,
-            max_line: MAX_TEXT_LINE,
-        });
+        let ours = body.len();
+        let mut receiver = DataReceiver::new(DataLimits { max_size, max_line: MAX_TEXT_LINE });
+        let started = Instant::now();
+        let mut received = 0u64;
         loop {
             let fed = receiver.feed(&self.rbuf[self.rpos..], &mut body);
             self.rpos += fed.consumed;
+            received += fed.consumed as u64;
             if fed.done {
                 break;
+            }
+            let elapsed = started.elapsed();
+            if min_rate > 0 && elapsed > DATA_RATE_GRACE && received < min_rate * elapsed.as_secs() {
+                self.state.tx = None;
+                warn!(client = %self.state.peer, received, secs = elapsed.as_secs(), "data rate too low; nothing queued");
+                let text = format!("{hostname} Error: data rate too low");
+                self.reply(Reply::with_code(421, 4, 4, 2, text));
+                return Flow::Close("data rate too low");
             }
             match self.fill(data_timeout, false, DATA_READ).await {
                 Input::Data => {}
@@ -71,12 +87,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let tx = self.state.tx.take().expect("checked at the start");
         let summary = receiver.summary();
         if summary.oversize {
+            self.reply(Reply::with_code(552, 5, 3, 4, format!("Message size exceeds fixed limit of {max_size} bytes")));
+            return self.count_error();
+        }
+        let config = self.state.ctx.clone();
+        let config = &config.config;
+        if config.reject_bare_line_endings && (summary.bare_lf > 0 || summary.bare_cr > 0) {
             self.reply(Reply::with_code(
-                552,
+                550,
                 5,
-                3,
+                5,
+                2,
+                "Message contains bare LF or CR line endings (RFC 5321 section 2.3.8)",
+            ));
+            return self.count_error();
+        }
+        let headers = inspect_headers(&body[ours..]);
+        if headers.size > config.max_header_size {
+            let limit = config.max_header_size;
+            self.reply(Reply::with_code(552, 5, 3, 4, format!("Message header section exceeds {limit} bytes")));
+            return self.count_error();
+        }
+        if headers.received > config.max_received_headers {
+            warn!(client = %self.state.peer, hops = headers.received, "mail loop suspected; message refused");
+            self.reply(Reply::with_code(
+                554,
+                5,
                 4,
-                format!("Message size exceeds fixed limit of {max_size} bytes"),
+                6,
+                format!("Too many hops ({} Received headers): mail loop?", headers.received),
             ));
             return self.count_error();
         }
@@ -98,19 +137,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let record = QueueRecord {
             version: RECORD_VERSION,
             id: id.clone(),
-            sender: tx
-                .sender
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_default(),
+            sender: tx.sender.as_ref().map(ToString::to_string).unwrap_or_default(),
             recipients: tx
                 .recipients
                 .iter()
-                .map(|r| RecipientState {
-                    address: r.to_string(),
-                    status: RecipientStatus::Pending,
-                    last_reply: None,
-                })
+                .map(|r| RecipientState { address: r.to_string(), status: RecipientStatus::Pending, last_reply: None })
                 .collect(),
             received_at_ms: now,
             attempts: 0,
@@ -123,11 +154,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 "{} [{}]{}",
                 self.state.helo.as_deref().unwrap_or(""),
                 self.state.peer.ip(),
-                self.state
-                    .auth_user
-                    .as_ref()
-                    .map(|u| format!(" user={u}"))
-                    .unwrap_or_default()
+                self.state.auth_user.as_ref().map(|u| format!(" user={u}")).unwrap_or_default()
             ),
         };
 
@@ -166,5 +193,42 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Flow::Continue
             }
         }
+    }
+}
+
+/// What the header section of received content looks like.
+#[derive(Debug, PartialEq, Eq)]
+struct HeaderFacts {
+    /// Bytes up to the empty line that ends the header section (all of it, if there is none).
+    size: u64,
+    /// Received header fields: one per hop, so a loop shows up as a long list.
+    received: usize,
+}
+
+fn inspect_headers(content: &[u8]) -> HeaderFacts {
+    let mut size = 0usize;
+    let mut received = 0;
+    for line in content.split_inclusive(|&b| b == b'\n') {
+        if line == b"\r\n" || line == b"\n" {
+            break;
+        }
+        size += line.len();
+        if line.len() >= 9 && line[..9].eq_ignore_ascii_case(b"received:") {
+            received += 1;
+        }
+    }
+    HeaderFacts { size: size as u64, received }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_facts() {
+        let msg = b"Received: a\r\nRECEIVED: b\r\n\tcontinued\r\nSubject: x\r\n\r\nReceived: in body\r\n";
+        assert_eq!(inspect_headers(msg), HeaderFacts { size: 50, received: 2 });
+        assert_eq!(inspect_headers(b"\r\nbody"), HeaderFacts { size: 0, received: 0 });
+        assert_eq!(inspect_headers(b"X: y"), HeaderFacts { size: 4, received: 0 });
     }
 }

@@ -10,9 +10,7 @@ impl SessionState {
     /// connection is encrypted unless the admin explicitly allowed plaintext AUTH.
     pub fn auth_offered(&self) -> bool {
         let config = &self.ctx.config;
-        config.auth
-            && !self.ctx.shared.users.is_empty()
-            && (self.tls.is_some() || config.insecure_allow_plaintext_auth)
+        config.auth && !self.ctx.shared.users.is_empty() && (self.tls.is_some() || config.insecure_allow_plaintext_auth)
     }
 
     pub fn ehlo(&mut self, name: String, esmtp: bool) -> Reply {

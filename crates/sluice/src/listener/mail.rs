@@ -2,7 +2,10 @@
 
 use smtp_wire::{Address, MailParams, Reply};
 
+use tracing::warn;
+
 use super::session::{SessionState, Transaction};
+use crate::policy::{Identity, RelayRequirements};
 
 impl SessionState {
     pub fn mail(&mut self, from: Option<Address>, params: MailParams) -> Reply {
@@ -22,31 +25,41 @@ impl SessionState {
         if let Some(size) = params.size
             && size > limit
         {
-            return Reply::with_code(
-                552,
-                5,
-                3,
-                4,
-                format!("Message size exceeds fixed limit of {limit} bytes"),
-            );
+            return Reply::with_code(552, 5, 3, 4, format!("Message size exceeds fixed limit of {limit} bytes"));
         }
         if let Some(sender) = &from
             && !sender.is_ascii()
             && !params.smtputf8
         {
-            return Reply::with_code(
-                553,
-                5,
-                6,
-                7,
-                "Non-ASCII sender address needs the SMTPUTF8 parameter",
-            );
+            return Reply::with_code(553, 5, 6, 7, "Non-ASCII sender address needs the SMTPUTF8 parameter");
         }
-        self.tx = Some(Transaction {
-            sender: from,
-            params,
-            recipients: Vec::new(),
-        });
+        let identity = self.relay_identity();
+        if let Some(identity) = &identity {
+            let sender = from.as_ref().map(ToString::to_string).unwrap_or_default();
+            if !identity.rules.allows_sender(&sender) {
+                warn!(client = %self.peer, %identity, from = %sender, "sender not allowed for this identity");
+                return Reply::with_code(
+                    550,
+                    5,
+                    7,
+                    1,
+                    format!("<{sender}>: Sender address not allowed for {identity}"),
+                );
+            }
+        }
+        self.tx = Some(Transaction { identity, sender: from, params, recipients: Vec::new() });
         Reply::with_code(250, 2, 1, 0, "Ok")
+    }
+
+    /// Who this client may relay as right now, if anyone.
+    pub fn relay_identity(&self) -> Option<Identity> {
+        let config = &self.ctx.config;
+        let needs = RelayRequirements { allowed_networks: &config.allowed_networks, require: &config.require };
+        self.ctx.shared.policy.relay_identity(
+            needs,
+            self.peer.ip(),
+            self.auth_user.as_deref(),
+            self.cert_identity.as_ref(),
+        )
     }
 }

@@ -7,6 +7,7 @@ mod auth;
 mod data;
 mod ehlo;
 mod mail;
+mod proxy;
 mod rcpt;
 pub mod received;
 pub mod session;
@@ -25,7 +26,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::{ListenerConfig, ListenerTls};
-use crate::policy::Users;
+use crate::policy::abuse::{Abuse, Refusal};
+use crate::policy::{Identity, Policy, Users};
 use crate::scheduler::Scheduler;
 use crate::spool::Spool;
 use session::{Ended, Session, SessionState, TlsInfo};
@@ -39,6 +41,8 @@ pub struct Shared {
     pub spool: Spool,
     pub scheduler: Scheduler,
     pub users: Arc<Users>,
+    pub policy: Arc<Policy>,
+    pub abuse: Arc<Abuse>,
 }
 
 /// What one listener's sessions share.
@@ -68,6 +72,8 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ListenerContext>, sessions: T
         };
         let _ = tcp.set_nodelay(true);
         let ctx = ctx.clone();
+        // The per-client limit and bans are checked in `handle`, after a PROXY header may have named
+        // the real client; this limit protects the process itself.
         match permits.clone().try_acquire_owned() {
             Ok(permit) => {
                 sessions.spawn(async move {
@@ -87,28 +93,51 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ListenerContext>, sessions: T
     }
 }
 
-async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) {
+async fn handle(mut tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) {
     let started = Instant::now();
+    let hostname = ctx.shared.hostname.clone();
+    let peer = if ctx.config.proxy_protocol {
+        match proxy::read_header(&mut tcp, peer, &ctx.config.proxy_trusted_networks).await {
+            Ok(client) => client,
+            Err(e) => {
+                warn!(load_balancer = %peer, error = %e, "PROXY protocol header refused; connection closed");
+                return;
+            }
+        }
+    } else {
+        peer
+    };
+    let _slot = match ctx.shared.abuse.open(crate::policy::canonical(peer.ip()), ctx.config.max_connections_per_client)
+    {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            let text = match refusal {
+                Refusal::Banned => "too many failed authentication attempts, try again later",
+                Refusal::TooManyConnections => "too many connections from your address",
+            };
+            warn!(client = %peer, reason = text, "connection refused");
+            let line = format!("421 4.7.0 {hostname} Error: {text}\r\n");
+            let _ = tokio::time::timeout(Duration::from_secs(5), tcp.write_all(line.as_bytes())).await;
+            return;
+        }
+    };
     let ended = match ctx.config.tls {
         ListenerTls::Implicit => match tls_accept(tcp, &ctx).await {
-            Ok((tls, info)) => finish(
-                Session::new(tls, SessionState::new(ctx.clone(), peer, Some(info)))
-                    .run()
-                    .await,
-            ),
+            Ok((tls, info, identity)) => {
+                let mut state = SessionState::new(ctx.clone(), peer, Some(info));
+                state.cert_identity = identity;
+                finish(Session::new(tls, state).run().await)
+            }
             Err(e) => {
                 warn!(client = %peer, error = %e, "TLS handshake failed");
                 return;
             }
         },
         ListenerTls::None | ListenerTls::Starttls => {
-            match Session::new(tcp, SessionState::new(ctx.clone(), peer, None))
-                .run()
-                .await
-            {
+            match Session::new(tcp, SessionState::new(ctx.clone(), peer, None)).run().await {
                 Ended::Closed(state, why) => (state, why),
                 Ended::StartTls(tcp, state) => match tls_accept(tcp, &ctx).await {
-                    Ok((tls, info)) => finish(Session::new(tls, state.after_tls(info)).run().await),
+                    Ok((tls, info, identity)) => finish(Session::new(tls, state.after_tls(info, identity)).run().await),
                     Err(e) => {
                         warn!(client = %peer, error = %e, "TLS handshake after STARTTLS failed");
                         (state, "TLS handshake failed")
@@ -123,6 +152,7 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) {
         helo = state.helo.as_deref().unwrap_or(""),
         tls = state.tls.as_ref().map(|t| t.version.as_str()).unwrap_or("none"),
         user = state.auth_user.as_deref().unwrap_or(""),
+        certificate = state.cert_identity.as_ref().map(|i| i.name.as_str()).unwrap_or(""),
         accepted = state.accepted,
         relay_denied = state.relay_denied,
         errors = state.errors,
@@ -143,18 +173,12 @@ fn finish<S>(ended: Ended<S>) -> (SessionState, &'static str) {
 async fn tls_accept<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     ctx: &ListenerContext,
-) -> std::io::Result<(tokio_rustls::server::TlsStream<S>, TlsInfo)> {
-    let config = ctx
-        .config
-        .tls_config
-        .clone()
-        .ok_or_else(|| std::io::Error::other("no TLS certificate configured"))?;
+) -> std::io::Result<(tokio_rustls::server::TlsStream<S>, TlsInfo, Option<Identity>)> {
+    let config = ctx.config.tls_config.clone().ok_or_else(|| std::io::Error::other("no TLS certificate configured"))?;
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let tls = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
         .await
-        .map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
-        })??;
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
     let (_, connection) = tls.get_ref();
     let version = match connection.protocol_version() {
         Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_owned(),
@@ -166,5 +190,15 @@ async fn tls_accept<S: AsyncRead + AsyncWrite + Unpin>(
         .negotiated_cipher_suite()
         .map(|suite| format!("{:?}", suite.suite()))
         .unwrap_or_else(|| "unknown".to_owned());
-    Ok((tls, TlsInfo { version, cipher }))
+    // rustls has already verified the chain against client_ca_file; what is left is to map the
+    // certificate's names to an identity.
+    let identity = connection.peer_certificates().and_then(|chain| chain.first()).and_then(|leaf| {
+        let identity = ctx.shared.policy.certificate_identity(leaf.as_ref());
+        if identity.is_none() {
+            let names = crate::policy::certificate_names(leaf.as_ref());
+            warn!(?names, "client certificate is valid but matches no [[certificate]] rule");
+        }
+        identity
+    });
+    Ok((tls, TlsInfo { version, cipher }, identity))
 }

@@ -4,7 +4,6 @@ use smtp_wire::{Address, RcptParams, Reply};
 use tracing::warn;
 
 use super::session::SessionState;
-use crate::policy;
 
 impl SessionState {
     pub fn rcpt(&mut self, to: Address, params: RcptParams) -> Reply {
@@ -15,36 +14,24 @@ impl SessionState {
             return Reply::with_code(555, 5, 5, 4, format!("Unsupported parameter {keyword}"));
         }
         if !to.is_ascii() && !tx.params.smtputf8 {
-            return Reply::with_code(
-                553,
-                5,
-                6,
-                7,
-                "Non-ASCII recipient address needs SMTPUTF8 on MAIL",
-            );
+            return Reply::with_code(553, 5, 6, 7, "Non-ASCII recipient address needs SMTPUTF8 on MAIL");
         }
         let config = &self.ctx.config;
-        if policy::relay_permit(
-            &config.allowed_networks,
-            self.peer.ip(),
-            self.auth_user.as_deref(),
-        )
-        .is_none()
-        {
+        let Some(identity) = &tx.identity else {
             self.relay_denied += 1;
-            let sender = tx
-                .sender
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_default();
+            let sender = tx.sender.as_ref().map(ToString::to_string).unwrap_or_default();
             warn!(
                 client = %self.peer,
                 helo = self.helo.as_deref().unwrap_or(""),
                 from = %sender,
                 to = %to,
-                "relay access denied: client is not in allowed_networks and did not authenticate"
+                "relay access denied: the client has none of the credentials this listener requires"
             );
             return Reply::with_code(554, 5, 7, 1, format!("<{to}>: Relay access denied"));
+        };
+        if !identity.rules.allows_recipient(&to.to_string()) {
+            warn!(client = %self.peer, %identity, to = %to, "recipient domain not allowed for this identity");
+            return Reply::with_code(550, 5, 7, 1, format!("<{to}>: Recipient domain not allowed for {identity}"));
         }
         let tx = self.tx.as_mut().expect("checked above");
         if tx.recipients.contains(&to) {

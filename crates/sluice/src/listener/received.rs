@@ -40,11 +40,7 @@ pub fn render(info: &ReceivedInfo<'_>) -> String {
         info.queue_id
     );
     if let Some(tls) = info.tls {
-        let _ = write!(
-            header,
-            "\r\n\t(using {} with cipher {})",
-            tls.version, tls.cipher
-        );
+        let _ = write!(header, "\r\n\t(using {} with cipher {})", tls.version, tls.cipher);
     }
     if let Some(user) = info.auth_user {
         let _ = write!(header, "\r\n\t(authenticated as {})", comment_text(user));
@@ -103,23 +99,12 @@ mod tests {
 
     #[test]
     fn tls_and_auth_with_hostile_user_name() {
-        let tls = TlsInfo {
-            version: "TLSv1.3".into(),
-            cipher: "TLS13_AES_256_GCM_SHA384".into(),
-        };
+        let tls = TlsInfo { version: "TLSv1.3".into(), cipher: "TLS13_AES_256_GCM_SHA384".into() };
         let h = render(&info(Some("evil)\r\nBcc: x@y (\\"), Some(&tls)));
         assert!(h.contains("with ESMTPSA id ABC"));
         assert!(h.contains("(using TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384)"));
-        assert!(
-            h.contains("(authenticated as evil\\)??Bcc: x@y \\(\\\\)"),
-            "{h}"
-        );
+        assert!(h.contains("(authenticated as evil\\)??Bcc: x@y \\(\\\\)"), "{h}");
         // Every line but the first is a continuation: nothing escaped into a header of its own.
-        assert!(
-            h.trim_end()
-                .split("\r\n")
-                .skip(1)
-                .all(|l| l.starts_with('\t'))
-        );
+        assert!(h.trim_end().split("\r\n").skip(1).all(|l| l.starts_with('\t')));
     }
 }

@@ -7,13 +7,14 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use smtp_wire::{Address, Command, Framed, LineFramer, MailParams, Reply};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::ListenerContext;
+use crate::policy::Identity;
 
 /// RFC 5321 §4.5.3.1.4: a command line is at most 512 octets including CRLF.
 pub const MAX_COMMAND_LINE: usize = 512;
@@ -36,6 +37,8 @@ pub struct TlsInfo {
 /// An open mail transaction: MAIL given, maybe some RCPTs.
 #[derive(Debug)]
 pub struct Transaction {
+    /// Who the client relays as, decided at MAIL; `None`: a stranger, refused at RCPT.
+    pub identity: Option<Identity>,
     pub sender: Option<Address>,
     pub params: MailParams,
     pub recipients: Vec<Address>,
@@ -50,6 +53,8 @@ pub struct SessionState {
     pub esmtp: bool,
     pub tls: Option<TlsInfo>,
     pub auth_user: Option<String>,
+    /// The identity a verified client certificate maps to.
+    pub cert_identity: Option<Identity>,
     pub tx: Option<Transaction>,
     pub greeted: bool,
     pub errors: u32,
@@ -68,6 +73,7 @@ impl SessionState {
             esmtp: false,
             tls,
             auth_user: None,
+            cert_identity: None,
             tx: None,
             greeted: false,
             errors: 0,
@@ -78,12 +84,13 @@ impl SessionState {
 
     /// The state to continue with once TLS is up: the client must say EHLO again, and nothing it said
     /// before the handshake (name, transaction) may carry over.
-    pub fn after_tls(mut self, tls: TlsInfo) -> Self {
+    pub fn after_tls(mut self, tls: TlsInfo, cert_identity: Option<Identity>) -> Self {
         self.helo = None;
         self.esmtp = false;
         self.tx = None;
         self.auth_user = None;
         self.tls = Some(tls);
+        self.cert_identity = cert_identity;
         self
     }
 }
@@ -138,14 +145,40 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub async fn run(mut self) -> Ended<S> {
         if !self.state.greeted {
             self.state.greeted = true;
+            let delay = self.state.ctx.config.greeting_delay;
+            // A client that talks before the greeting is a bot that does not wait for replies.
+            if !delay.is_zero() && matches!(self.fill(delay, true, COMMAND_READ).await, Input::Data) {
+                warn!(client = %self.state.peer, "client talked before the greeting");
+                self.reply(Reply::with_code(
+                    554,
+                    5,
+                    5,
+                    0,
+                    "Error: SMTP protocol synchronization (talked before the greeting)",
+                ));
+                return self.close("talked before the greeting").await;
+            }
             let greeting = format!("{} ESMTP sluice", self.state.ctx.shared.hostname);
             self.reply(Reply::new(220, None, greeting));
         }
+        let mut line_started: Option<Instant> = None;
         loop {
             let parsed = match self.framer.poll(&self.rbuf[self.rpos..]) {
                 Framed::Line { len, consumed } => {
+                    line_started = None;
                     let command = smtp_wire::parse_command(&self.rbuf[self.rpos..self.rpos + len]);
                     self.rpos += consumed;
+                    if self.pipelined_too_early(&command) {
+                        warn!(client = %self.state.peer, "pipelined commands without PIPELINING");
+                        self.reply(Reply::with_code(
+                            554,
+                            5,
+                            5,
+                            0,
+                            "Error: SMTP protocol synchronization (improper pipelining)",
+                        ));
+                        return self.close("improper pipelining").await;
+                    }
                     command.map_err(|e| e.reply())
                 }
                 Framed::TooLong { consumed } => {
@@ -154,25 +187,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
                 Framed::NeedMore { consumed } => {
                     self.rpos += consumed;
-                    let idle = self.state.ctx.config.idle_timeout;
-                    match self.fill(idle, true, COMMAND_READ).await {
+                    let config = &self.state.ctx.config;
+                    // Waiting for a command to start is bounded by idle_timeout; a command that has started
+                    // must be complete within command_timeout, however slowly its bytes trickle in.
+                    let limit = if self.rpos < self.rbuf.len() || self.framer.is_discarding() {
+                        let started = *line_started.get_or_insert_with(Instant::now);
+                        config.command_timeout.saturating_sub(started.elapsed()).min(config.idle_timeout)
+                    } else {
+                        config.idle_timeout
+                    };
+                    match self.fill(limit, true, COMMAND_READ).await {
                         Input::Data => continue,
                         Input::Eof | Input::Error => {
                             return self.close("client disconnected").await;
                         }
                         Input::Timeout => {
-                            let text = format!(
-                                "{} Error: timeout exceeded",
-                                self.state.ctx.shared.hostname
-                            );
+                            let text = format!("{} Error: timeout exceeded", self.state.ctx.shared.hostname);
                             self.reply(Reply::with_code(421, 4, 4, 2, text));
                             return self.close("idle timeout").await;
                         }
                         Input::Shutdown => {
-                            let text = format!(
-                                "{} Service shutting down, try again later",
-                                self.state.ctx.shared.hostname
-                            );
+                            let text =
+                                format!("{} Service shutting down, try again later", self.state.ctx.shared.hostname);
                             self.reply(Reply::with_code(421, 4, 3, 2, text));
                             return self.close("server shutdown").await;
                         }
@@ -219,10 +255,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 return self.reply_counting(reply);
             }
             Command::Data => return self.data().await,
-            Command::Auth {
-                mechanism,
-                initial_response,
-            } => {
+            Command::Auth { mechanism, initial_response } => {
                 return self.auth(mechanism, initial_response).await;
             }
             Command::StartTls => return self.starttls(),
@@ -251,26 +284,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 return self.count_error();
             }
             Command::Help(_) => {
-                self.reply(Reply::with_code(
-                    214,
-                    2,
-                    0,
-                    0,
-                    "sluice relay: see https://www.rfc-editor.org/rfc/rfc5321",
-                ));
+                self.reply(Reply::with_code(214, 2, 0, 0, "sluice relay: see https://www.rfc-editor.org/rfc/rfc5321"));
             }
             Command::Bdat { .. } => {
-                self.reply(Reply::with_code(
-                    502,
-                    5,
-                    5,
-                    1,
-                    "BDAT not implemented (CHUNKING is not offered)",
-                ));
+                self.reply(Reply::with_code(502, 5, 5, 1, "BDAT not implemented (CHUNKING is not offered)"));
                 return self.count_error();
             }
         }
         Flow::Continue
+    }
+
+    /// RFC 2920: a client may send several commands at once only after we offered PIPELINING in our EHLO
+    /// reply, and EHLO itself must end a group. More input already waiting behind a command sent
+    /// before that point means the client did not wait for our replies, which is how spam bots talk.
+    fn pipelined_too_early(&self, command: &Result<Command, smtp_wire::CommandError>) -> bool {
+        let config = &self.state.ctx.config;
+        let waiting = self.rpos < self.rbuf.len();
+        let pipelining_offered = self.state.esmtp && self.state.helo.is_some();
+        // STARTTLS is not here: what follows it is dropped with the plaintext buffer (RFC 3207 §4.2).
+        let ends_group = matches!(command, Ok(Command::Ehlo(_) | Command::Helo(_)));
+        config.reject_unauth_pipelining
+            && waiting
+            && self.state.auth_user.is_none()
+            && (!pipelining_offered || ends_group)
+            && !matches!(command, Ok(Command::Quit))
     }
 
     fn starttls(&mut self) -> Flow {
@@ -291,11 +328,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub(super) fn reply_counting(&mut self, reply: Reply) -> Flow {
         let failed = reply.code >= 400;
         self.reply(reply);
-        if failed {
-            self.count_error()
-        } else {
-            Flow::Continue
-        }
+        if failed { self.count_error() } else { Flow::Continue }
     }
 
     pub(super) fn count_error(&mut self) -> Flow {
@@ -325,12 +358,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// (`interruptible`) gives way to server shutdown; a message being received is let finish.
     /// `want` is how much room to offer the read: small between commands, so that thousands of idle
     /// sessions stay cheap, larger while a message streams in.
-    pub(super) async fn fill(
-        &mut self,
-        limit: Duration,
-        interruptible: bool,
-        want: usize,
-    ) -> Input {
+    pub(super) async fn fill(&mut self, limit: Duration, interruptible: bool, want: usize) -> Input {
         if self.flush().await.is_err() {
             return Input::Error;
         }

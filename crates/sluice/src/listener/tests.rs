@@ -39,28 +39,18 @@ fn harness(listener_extra: &str) -> Harness {
     );
     let config = config::parse(&text, Path::new(".")).unwrap();
     let spool = Spool::open(&config.spool_dir).unwrap();
-    let scheduler = Scheduler::new(
-        spool.clone(),
-        config.upstream.clone(),
-        config.retry,
-        config.hostname.clone(),
-    );
+    let scheduler = Scheduler::new(spool.clone(), config.upstream.clone(), config.retry, config.hostname.clone());
     let shared = Arc::new(Shared {
         hostname: config.hostname.clone(),
         spool,
         scheduler: scheduler.clone(),
         users: Users::new(&config.users),
+        policy: Arc::new(config.policy),
+        abuse: crate::policy::abuse::Abuse::new(config.abuse),
     });
-    let ctx = Arc::new(ListenerContext {
-        config: config.listeners[0].clone(),
-        shared,
-        shutdown: CancellationToken::new(),
-    });
-    Harness {
-        _dir: dir,
-        ctx,
-        scheduler,
-    }
+    let ctx =
+        Arc::new(ListenerContext { config: config.listeners[0].clone(), shared, shutdown: CancellationToken::new() });
+    Harness { _dir: dir, ctx, scheduler }
 }
 
 struct Client {
@@ -76,10 +66,7 @@ impl Client {
         tokio::spawn(async move {
             let _ = Session::new(server, state).run().await;
         });
-        Client {
-            stream: client,
-            buf: Vec::new(),
-        }
+        Client { stream: client, buf: Vec::new() }
     }
 
     async fn reply(&mut self) -> Reply {
@@ -113,16 +100,9 @@ async fn script(h: &Harness, peer: &str, text: &str) {
             pending.push(format!("{cmd}\r\n"));
         } else if let Some(expected) = line.strip_prefix("S: ") {
             let batch: String = pending.drain(..).collect();
-            let reply = if batch.is_empty() {
-                client.reply().await
-            } else {
-                client.send(batch.as_bytes()).await
-            };
+            let reply = if batch.is_empty() { client.reply().await } else { client.send(batch.as_bytes()).await };
             let rendered = String::from_utf8(reply.to_bytes()).unwrap();
-            assert!(
-                rendered.starts_with(expected),
-                "after {batch:?}: expected {expected:?}, got {rendered:?}"
-            );
+            assert!(rendered.starts_with(expected), "after {batch:?}: expected {expected:?}, got {rendered:?}");
         }
     }
 }
@@ -209,17 +189,7 @@ async fn ehlo_lists_extensions_and_auth_only_when_allowed() {
     client.reply().await;
     let ehlo = client.send(b"EHLO x\r\n").await;
     let caps: Vec<&str> = ehlo.lines.iter().map(String::as_str).collect();
-    assert_eq!(
-        caps,
-        [
-            "relay.test",
-            "PIPELINING",
-            "SIZE 2000",
-            "8BITMIME",
-            "SMTPUTF8",
-            "ENHANCEDSTATUSCODES"
-        ]
-    );
+    assert_eq!(caps, ["relay.test", "PIPELINING", "SIZE 2000", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES"]);
 
     let h = harness("insecure_allow_plaintext_auth = true");
     let mut client = Client::start(&h, OUTSIDE);
@@ -298,15 +268,8 @@ async fn oversized_content_is_refused_after_the_data() {
     }
     body.extend_from_slice(b".\r\n");
     let reply = client.send(&body).await;
-    assert_eq!(
-        (reply.code, reply.enhanced.unwrap().to_string()),
-        (552, "5.3.4".into())
-    );
-    assert_eq!(
-        client.send(b"NOOP\r\n").await.code,
-        250,
-        "session continues"
-    );
+    assert_eq!((reply.code, reply.enhanced.unwrap().to_string()), (552, "5.3.4".into()));
+    assert_eq!(client.send(b"NOOP\r\n").await.code, 250, "session continues");
     assert_eq!(h.scheduler.waiting(), 0);
 }
 
@@ -315,24 +278,95 @@ async fn pipelined_transaction_gets_every_reply_in_order() {
     let h = harness("");
     let mut client = Client::start(&h, INSIDE);
     client.reply().await;
+    assert_eq!(client.send(b"EHLO x\r\n").await.code, 250);
     client
         .stream
-        .write_all(b"EHLO x\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nRCPT TO:<c@example.com>\r\nDATA\r\n")
+        .write_all(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nRCPT TO:<c@example.com>\r\nDATA\r\n")
         .await
         .unwrap();
-    let codes = [
-        client.reply().await.code,
-        client.reply().await.code,
-        client.reply().await.code,
-        client.reply().await.code,
-        client.reply().await.code,
-    ];
-    assert_eq!(codes, [250, 250, 250, 250, 354]);
-    let reply = client
-        .send(b"Subject: x\r\n\r\nbody\r\n.\r\nQUIT\r\n")
-        .await;
+    let mut codes = Vec::new();
+    for _ in 0..4 {
+        codes.push(client.reply().await.code);
+    }
+    assert_eq!(codes, [250, 250, 250, 354]);
+    let reply = client.send(b"Subject: x\r\n\r\nbody\r\n.\r\nQUIT\r\n").await;
     assert_eq!(reply.code, 250);
     assert_eq!(client.reply().await.code, 221);
+}
+
+#[tokio::test]
+async fn pipelining_before_it_was_offered_is_a_bot() {
+    let h = harness("");
+    let mut client = Client::start(&h, INSIDE);
+    client.reply().await;
+    let reply = client.send(b"EHLO x\r\nMAIL FROM:<a@example.com>\r\n").await;
+    assert_eq!((reply.code, reply.enhanced.unwrap().to_string()), (554, "5.5.0".into()));
+    let mut rest = Vec::new();
+    let _ = client.stream.read_to_end(&mut rest).await;
+    assert!(rest.is_empty(), "the session hangs up");
+
+    let h = harness("reject_unauth_pipelining = false");
+    let mut client = Client::start(&h, INSIDE);
+    client.reply().await;
+    assert_eq!(client.send(b"EHLO x\r\nNOOP\r\n").await.code, 250);
+    assert_eq!(client.reply().await.code, 250);
+}
+
+#[tokio::test]
+async fn starttls_injection_is_not_executed() {
+    // STARTTLS is refused here (no certificate), but whatever follows it in the same segment must still
+    // not be taken as commands sent after a successful STARTTLS would be: the session treats it as
+    // improper pipelining only if PIPELINING was not offered. With EHLO done, the RSET is answered.
+    let h = harness("");
+    let mut client = Client::start(&h, INSIDE);
+    client.reply().await;
+    client.send(b"EHLO x\r\n").await;
+    let reply = client.send(b"STARTTLS\r\nRSET\r\n").await;
+    assert_eq!(reply.code, 454);
+    assert_eq!(client.reply().await.code, 250);
+}
+
+#[tokio::test]
+async fn sender_and_recipient_rules_per_identity() {
+    let h = harness(
+        "[[network]]\naddress = \"10.1.0.0/16\"\nname = \"printers\"\nallowed_senders = [\"scanner@example.com\"]\n\
+         allowed_recipient_domains = [\"example.com\"]",
+    );
+    script(
+        &h,
+        INSIDE,
+        "C: EHLO printer
+         S: 250
+         C: MAIL FROM:<boss@example.com>
+         S: 550 5.7.1 <boss@example.com>: Sender address not allowed for network printers
+         C: MAIL FROM:<scanner@example.com>
+         S: 250
+         C: RCPT TO:<someone@elsewhere.test>
+         S: 550 5.7.1 <someone@elsewhere.test>: Recipient domain not allowed for network printers
+         C: RCPT TO:<boss@example.com>
+         S: 250",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn loops_and_bare_line_endings() {
+    let h = harness("max_received_headers = 2\nreject_bare_line_endings = true");
+    let mut client = Client::start(&h, INSIDE);
+    client.reply().await;
+    client.send(b"EHLO x\r\n").await;
+    for (content, expected) in [
+        (&b"Received: a\r\nReceived: b\r\nReceived: c\r\n\r\nloop\r\n.\r\n"[..], (554, "5.4.6")),
+        (&b"Subject: bare\nLF\r\n.\r\n"[..], (550, "5.5.2")),
+        (&b"Received: a\r\nSubject: fine\r\n\r\nok\r\n.\r\n"[..], (250, "2.0.0")),
+    ] {
+        client.send(b"MAIL FROM:<a@example.com>\r\n").await;
+        client.send(b"RCPT TO:<b@example.com>\r\n").await;
+        assert_eq!(client.send(b"DATA\r\n").await.code, 354);
+        let reply = client.send(content).await;
+        assert_eq!((reply.code, reply.enhanced.unwrap().to_string().as_str()), expected);
+    }
+    assert_eq!(h.scheduler.waiting(), 1);
 }
 
 #[tokio::test]
@@ -344,11 +378,7 @@ async fn lost_connection_in_data_queues_nothing() {
     client.send(b"MAIL FROM:<a@example.com>\r\n").await;
     client.send(b"RCPT TO:<b@example.com>\r\n").await;
     client.send(b"DATA\r\n").await;
-    client
-        .stream
-        .write_all(b"Subject: half\r\n\r\npart of a bo")
-        .await
-        .unwrap();
+    client.stream.write_all(b"Subject: half\r\n\r\npart of a bo").await.unwrap();
     drop(client);
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     assert_eq!(h.scheduler.waiting(), 0);

@@ -61,12 +61,7 @@ enum Next {
 }
 
 impl Scheduler {
-    pub fn new(
-        spool: Spool,
-        upstream: UpstreamConfig,
-        retry: RetryPolicy,
-        hostname: String,
-    ) -> Scheduler {
+    pub fn new(spool: Spool, upstream: UpstreamConfig, retry: RetryPolicy, hostname: String) -> Scheduler {
         Scheduler {
             inner: Arc::new(Inner {
                 spool,
@@ -84,9 +79,7 @@ impl Scheduler {
     pub fn enqueue(&self, record: QueueRecord) {
         {
             let mut queue = self.inner.queue.lock().expect("queue lock");
-            queue
-                .due
-                .push(Reverse((record.next_attempt_ms, record.id.clone())));
+            queue.due.push(Reverse((record.next_attempt_ms, record.id.clone())));
             queue.waiting.insert(record.id.clone(), record);
         }
         self.inner.wake.notify_one();
@@ -146,13 +139,9 @@ impl Inner {
                     idle_since = Instant::now();
                 }
                 Next::Wait(due) => {
-                    let until_due = due.map_or(Duration::from_secs(3600), |d| {
-                        Duration::from_millis(d.saturating_sub(now_ms()))
-                    });
-                    let idle_left = self
-                        .upstream
-                        .idle_timeout
-                        .saturating_sub(idle_since.elapsed());
+                    let until_due =
+                        due.map_or(Duration::from_secs(3600), |d| Duration::from_millis(d.saturating_sub(now_ms())));
+                    let idle_left = self.upstream.idle_timeout.saturating_sub(idle_since.elapsed());
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = self.wake.notified() => {}
@@ -193,15 +182,11 @@ impl Inner {
             }
         };
 
-        let pending: Vec<usize> = (0..record.recipients.len())
-            .filter(|&i| record.recipients[i].status == RecipientStatus::Pending)
-            .collect();
+        let pending: Vec<usize> =
+            (0..record.recipients.len()).filter(|&i| record.recipients[i].status == RecipientStatus::Pending).collect();
         let envelope = Envelope {
             sender: &record.sender,
-            recipients: pending
-                .iter()
-                .map(|&i| record.recipients[i].address.as_str())
-                .collect(),
+            recipients: pending.iter().map(|&i| record.recipients[i].address.as_str()).collect(),
             eight_bit: record.eight_bit,
             smtputf8: record.smtputf8,
         };
@@ -222,9 +207,7 @@ impl Inner {
         body: &[u8],
     ) -> Result<Vec<Outcome>, TransportError> {
         loop {
-            if conn
-                .as_ref()
-                .is_some_and(|c| c.transactions >= self.upstream.max_messages_per_connection)
+            if conn.as_ref().is_some_and(|c| c.transactions >= self.upstream.max_messages_per_connection)
                 && let Some(old) = conn.take()
             {
                 old.quit().await;
@@ -244,8 +227,7 @@ impl Inner {
                     Err(error) => {
                         let pause = self.retry.initial_interval.min(MAX_UPSTREAM_BACKOFF);
                         warn!(upstream = %self.upstream.display_name(), %error, ?pause, "upstream unavailable");
-                        *self.upstream_down.lock().expect("down lock") =
-                            Some((Instant::now() + pause, error.clone()));
+                        *self.upstream_down.lock().expect("down lock") = Some((Instant::now() + pause, error.clone()));
                         return Err(error);
                     }
                 }
@@ -265,12 +247,7 @@ impl Inner {
         }
     }
 
-    async fn record_results(
-        &self,
-        mut record: QueueRecord,
-        results: Vec<(usize, Outcome)>,
-        started: Instant,
-    ) {
+    async fn record_results(&self, mut record: QueueRecord, results: Vec<(usize, Outcome)>, started: Instant) {
         let upstream = self.upstream.display_name();
         let mut failed = Vec::new();
         let (mut delivered, mut deferred) = (0usize, 0usize);
@@ -321,16 +298,10 @@ impl Inner {
         if !record.is_finished() {
             let age = Duration::from_millis(now.saturating_sub(record.received_at_ms));
             match next_retry(&self.retry, record.attempts.max(1), age) {
-                RetryDecision::RetryAfter(delay) => {
-                    record.next_attempt_ms = now + delay.as_millis() as u64
-                }
+                RetryDecision::RetryAfter(delay) => record.next_attempt_ms = now + delay.as_millis() as u64,
                 RetryDecision::GiveUp => {
                     let last = record.last_reply.clone().unwrap_or_default();
-                    for rcpt in record
-                        .recipients
-                        .iter_mut()
-                        .filter(|r| r.status == RecipientStatus::Pending)
-                    {
+                    for rcpt in record.recipients.iter_mut().filter(|r| r.status == RecipientStatus::Pending) {
                         rcpt.status = RecipientStatus::Failed;
                         let reason = rcpt.last_reply.clone().unwrap_or_else(|| last.clone());
                         failed.push(FailedRecipient {
@@ -390,19 +361,13 @@ impl Inner {
     fn requeue(&self, record: QueueRecord) {
         {
             let mut queue = self.queue.lock().expect("queue lock");
-            queue
-                .due
-                .push(Reverse((record.next_attempt_ms, record.id.clone())));
+            queue.due.push(Reverse((record.next_attempt_ms, record.id.clone())));
             queue.waiting.insert(record.id.clone(), record);
         }
         self.wake.notify_one();
     }
 
-    async fn queue_dsn(
-        &self,
-        original: &QueueRecord,
-        failed: &[FailedRecipient],
-    ) -> std::io::Result<()> {
+    async fn queue_dsn(&self, original: &QueueRecord, failed: &[FailedRecipient]) -> std::io::Result<()> {
         let spool = self.spool.clone();
         let id = original.id.clone();
         let original_body = tokio::task::spawn_blocking(move || spool.read_body(&id))
@@ -410,10 +375,7 @@ impl Inner {
             .map_err(std::io::Error::other)?
             .unwrap_or_default();
         let now = Utc::now();
-        let arrival = Utc
-            .timestamp_millis_opt(original.received_at_ms as i64)
-            .single()
-            .unwrap_or(now);
+        let arrival = Utc.timestamp_millis_opt(original.received_at_ms as i64).single().unwrap_or(now);
         let upstream = self.upstream.display_name();
         let body = dsn::build(&DsnInput {
             reporting_host: &self.hostname,
@@ -446,9 +408,7 @@ impl Inner {
         };
         let spool = self.spool.clone();
         let to_commit = record.clone();
-        tokio::task::spawn_blocking(move || spool.commit(&to_commit, &body))
-            .await
-            .map_err(std::io::Error::other)??;
+        tokio::task::spawn_blocking(move || spool.commit(&to_commit, &body)).await.map_err(std::io::Error::other)??;
         info!(queue_id = %record.id, original = %original.id, to = %original.sender, "bounce queued");
         self.requeue(record);
         Ok(())

@@ -27,10 +27,7 @@ pub fn next_retry(policy: &RetryPolicy, attempts: u32, age: Duration) -> RetryDe
         return RetryDecision::GiveUp;
     }
     let doublings = attempts.saturating_sub(1).min(32);
-    let delay = policy
-        .initial_interval
-        .saturating_mul(1u32 << doublings.min(31))
-        .min(policy.max_interval);
+    let delay = policy.initial_interval.saturating_mul(1u32 << doublings.min(31)).min(policy.max_interval);
     // One last attempt exactly at expiry rather than a long wait past it.
     let remaining = policy.max_age - age;
     RetryDecision::RetryAfter(delay.min(remaining))
@@ -44,11 +41,7 @@ mod tests {
     const HOUR: Duration = Duration::from_secs(3600);
 
     fn policy() -> RetryPolicy {
-        RetryPolicy {
-            initial_interval: MIN,
-            max_interval: HOUR,
-            max_age: 5 * 24 * HOUR,
-        }
+        RetryPolicy { initial_interval: MIN, max_interval: HOUR, max_age: 5 * 24 * HOUR }
     }
 
     #[test]
@@ -64,10 +57,7 @@ mod tests {
 
     #[test]
     fn huge_attempt_counts_do_not_overflow() {
-        assert_eq!(
-            next_retry(&policy(), u32::MAX, MIN),
-            RetryDecision::RetryAfter(HOUR)
-        );
+        assert_eq!(next_retry(&policy(), u32::MAX, MIN), RetryDecision::RetryAfter(HOUR));
     }
 
     #[test]
@@ -81,9 +71,6 @@ mod tests {
     fn last_retry_lands_on_expiry() {
         let p = policy();
         let age = p.max_age - Duration::from_secs(10);
-        assert_eq!(
-            next_retry(&p, 20, age),
-            RetryDecision::RetryAfter(Duration::from_secs(10))
-        );
+        assert_eq!(next_retry(&p, 20, age), RetryDecision::RetryAfter(Duration::from_secs(10)));
     }
 }

@@ -56,27 +56,18 @@ pub struct Recovery {
 impl Spool {
     /// Opens (creating if needed) the spool at `root`.
     pub fn open(root: &Path) -> io::Result<Spool> {
-        let dirs = Dirs {
-            tmp: root.join(TMP),
-            queue: root.join(QUEUE),
-            corrupt: root.join(CORRUPT),
-        };
+        let dirs = Dirs { tmp: root.join(TMP), queue: root.join(QUEUE), corrupt: root.join(CORRUPT) };
         for dir in [&dirs.tmp, &dirs.queue, &dirs.corrupt] {
             fs::create_dir_all(dir)?;
         }
         sync_dir(root)?;
-        Ok(Spool {
-            inner: Arc::new(dirs),
-        })
+        Ok(Spool { inner: Arc::new(dirs) })
     }
 
     /// A new queue id: 16 upper-case hex digits, sortable by time of creation.
     pub fn new_id() -> String {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let micros = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_micros() as u64;
+        let micros = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_micros() as u64;
         let n = COUNTER.fetch_add(1, Ordering::Relaxed) & 0xFFFF;
         format!("{:012X}{:04X}", micros & 0xFFFF_FFFF_FFFF, n)
     }
@@ -155,9 +146,7 @@ impl Spool {
                 bodies.push(id.to_owned());
             } else {
                 self.move_aside(&name)?;
-                recovery
-                    .quarantined
-                    .push((name, "unexpected file in queue directory".into()));
+                recovery.quarantined.push((name, "unexpected file in queue directory".into()));
             }
         }
         records.sort();
@@ -185,15 +174,10 @@ impl Spool {
     }
 
     fn load(&self, id: &str) -> Result<QueueRecord, String> {
-        let bytes =
-            fs::read(self.record_path(id)).map_err(|e| format!("unreadable record: {e}"))?;
-        let record: QueueRecord =
-            serde_json::from_slice(&bytes).map_err(|e| format!("unparsable record: {e}"))?;
+        let bytes = fs::read(self.record_path(id)).map_err(|e| format!("unreadable record: {e}"))?;
+        let record: QueueRecord = serde_json::from_slice(&bytes).map_err(|e| format!("unparsable record: {e}"))?;
         if record.version != RECORD_VERSION {
-            return Err(format!(
-                "record version {} is not {RECORD_VERSION}",
-                record.version
-            ));
+            return Err(format!("record version {} is not {RECORD_VERSION}", record.version));
         }
         if record.id != id {
             return Err(format!("record names id {:?}", record.id));
@@ -203,11 +187,7 @@ impl Spool {
         }
         match fs::metadata(self.body_path(id)) {
             Ok(meta) if meta.len() == record.size => Ok(record),
-            Ok(meta) => Err(format!(
-                "body is {} bytes, record says {}",
-                meta.len(),
-                record.size
-            )),
+            Ok(meta) => Err(format!("body is {} bytes, record says {}", meta.len(), record.size)),
             Err(e) => Err(format!("body missing: {e}")),
         }
     }
@@ -222,11 +202,7 @@ fn encode(record: &QueueRecord) -> io::Result<Vec<u8>> {
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)?;
+    let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
     file.write_all(bytes)?;
     file.sync_all()
 }
@@ -237,10 +213,7 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// Milliseconds since the Unix epoch, the time unit of queue records.
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
 }
 
 #[cfg(test)]
@@ -305,28 +278,16 @@ mod tests {
         let short = record("00000000000000A2", b"abcdef\r\n");
         spool.commit(&short, b"abcdef\r\n").unwrap();
         fs::write(dir.path().join("queue/00000000000000A2.eml"), b"abc").unwrap();
-        fs::write(
-            dir.path().join("queue/00000000000000A3.json"),
-            b"{\"version\":1,\"id\":",
-        )
-        .unwrap();
+        fs::write(dir.path().join("queue/00000000000000A3.json"), b"{\"version\":1,\"id\":").unwrap();
         fs::write(dir.path().join("queue/00000000000000A3.eml"), b"x").unwrap();
         fs::write(dir.path().join("queue/00000000000000A4.eml"), b"orphan").unwrap();
         fs::write(dir.path().join("tmp/junk"), b"debris").unwrap();
 
         let found = spool.recover().unwrap();
         assert_eq!(found.records, vec![good]);
-        let ids: Vec<_> = found
-            .quarantined
-            .iter()
-            .map(|(id, _)| id.as_str())
-            .collect();
+        let ids: Vec<_> = found.quarantined.iter().map(|(id, _)| id.as_str()).collect();
         assert_eq!(ids, ["00000000000000A2", "00000000000000A3"]);
-        assert!(
-            found.quarantined[0].1.contains("bytes"),
-            "{:?}",
-            found.quarantined
-        );
+        assert!(found.quarantined[0].1.contains("bytes"), "{:?}", found.quarantined);
         assert_eq!(found.uncommitted_removed, 1);
         assert!(dir.path().join("corrupt/00000000000000A3.json").exists());
         assert!(dir.path().join("corrupt/00000000000000A2.eml").exists());

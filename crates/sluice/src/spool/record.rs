@@ -50,9 +50,7 @@ pub struct RecipientState {
 
 impl QueueRecord {
     pub fn pending(&self) -> impl Iterator<Item = &RecipientState> {
-        self.recipients
-            .iter()
-            .filter(|r| r.status == RecipientStatus::Pending)
+        self.recipients.iter().filter(|r| r.status == RecipientStatus::Pending)
     }
 
     pub fn is_finished(&self) -> bool {

@@ -71,11 +71,7 @@ mod tests {
     use smtp_wire::EnhancedCode;
 
     fn reply(code: u16) -> Outcome {
-        Outcome::Reply(Reply::new(
-            code,
-            Some(EnhancedCode::new((code / 100) as u8, 0, 0)),
-            "x",
-        ))
+        Outcome::Reply(Reply::new(code, Some(EnhancedCode::new((code / 100) as u8, 0, 0)), "x"))
     }
 
     #[test]
@@ -105,10 +101,7 @@ mod tests {
 
     #[test]
     fn http_statuses() {
-        let http = |status| Outcome::Http {
-            status,
-            reason: String::new(),
-        };
+        let http = |status| Outcome::Http { status, reason: String::new() };
         assert_eq!(classify(&http(202)), Disposition::Delivered);
         assert_eq!(classify(&http(429)), Disposition::Temporary);
         assert_eq!(classify(&http(503)), Disposition::Temporary);

@@ -69,10 +69,7 @@ impl SmtpConnection {
         let address = (config.host.as_str(), config.port);
         let tcp = match timeout(config.connect_timeout, TcpStream::connect(address)).await {
             Err(_) => {
-                return Err(TransportError::Connect(format!(
-                    "timed out after {:?}",
-                    config.connect_timeout
-                )));
+                return Err(TransportError::Connect(format!("timed out after {:?}", config.connect_timeout)));
             }
             Ok(Err(e)) => return Err(TransportError::Connect(e.to_string())),
             Ok(Ok(tcp)) => tcp,
@@ -98,8 +95,7 @@ impl SmtpConnection {
         if config.tls == UpstreamTls::Starttls {
             if !conn.caps.starttls {
                 return Err(TransportError::Tls(
-                    "the upstream does not offer STARTTLS, and TLS is required (upstream.tls)"
-                        .into(),
+                    "the upstream does not offer STARTTLS, and TLS is required (upstream.tls)".into(),
                 ));
             }
             let reply = conn.command(b"STARTTLS\r\n", "STARTTLS").await?;
@@ -127,17 +123,13 @@ impl SmtpConnection {
     }
 
     async fn ehlo(&mut self, helo_name: &str) -> Result<(), TransportError> {
-        let reply = self
-            .command(format!("EHLO {helo_name}\r\n").as_bytes(), "EHLO")
-            .await?;
+        let reply = self.command(format!("EHLO {helo_name}\r\n").as_bytes(), "EHLO").await?;
         if reply.is_positive() {
             self.caps = Capabilities::from_ehlo(&reply);
             return Ok(());
         }
         // An old server without ESMTP: fall back to HELO, with no extensions.
-        let reply = self
-            .command(format!("HELO {helo_name}\r\n").as_bytes(), "HELO")
-            .await?;
+        let reply = self.command(format!("HELO {helo_name}\r\n").as_bytes(), "HELO").await?;
         if !reply.is_positive() {
             return Err(TransportError::Session(reply));
         }
@@ -151,36 +143,24 @@ impl SmtpConnection {
         let offers = |m: &str| self.caps.auth.iter().any(|a| a == m);
         let reply = if offers("PLAIN") {
             let token = b64.encode(format!("\0{user}\0{password}"));
-            self.command(format!("AUTH PLAIN {token}\r\n").as_bytes(), "AUTH")
-                .await?
+            self.command(format!("AUTH PLAIN {token}\r\n").as_bytes(), "AUTH").await?
         } else if offers("LOGIN") {
             let reply = self.command(b"AUTH LOGIN\r\n", "AUTH").await?;
             if reply.code != 334 {
                 return Err(TransportError::Session(reply));
             }
-            let reply = self
-                .command(format!("{}\r\n", b64.encode(user)).as_bytes(), "AUTH")
-                .await?;
+            let reply = self.command(format!("{}\r\n", b64.encode(user)).as_bytes(), "AUTH").await?;
             if reply.code != 334 {
                 return Err(TransportError::Session(reply));
             }
-            self.command(format!("{}\r\n", b64.encode(password)).as_bytes(), "AUTH")
-                .await?
+            self.command(format!("{}\r\n", b64.encode(password)).as_bytes(), "AUTH").await?
         } else {
             return Err(TransportError::Protocol(format!(
                 "credentials are configured but the upstream offers no AUTH PLAIN or LOGIN (offers: {})",
-                if self.caps.auth.is_empty() {
-                    "none".to_owned()
-                } else {
-                    self.caps.auth.join(" ")
-                }
+                if self.caps.auth.is_empty() { "none".to_owned() } else { self.caps.auth.join(" ") }
             )));
         };
-        if reply.is_positive() {
-            Ok(())
-        } else {
-            Err(TransportError::Session(reply))
-        }
+        if reply.is_positive() { Ok(()) } else { Err(TransportError::Session(reply)) }
     }
 
     pub fn capabilities(&self) -> &Capabilities {
@@ -189,33 +169,19 @@ impl SmtpConnection {
 
     /// Sends one message. Returns a verdict per recipient, or an error when the connection failed before
     /// the server gave one (then every recipient is still undecided).
-    pub async fn send(
-        &mut self,
-        envelope: &Envelope<'_>,
-        body: &[u8],
-    ) -> Result<Verdicts, TransportError> {
+    pub async fn send(&mut self, envelope: &Envelope<'_>, body: &[u8]) -> Result<Verdicts, TransportError> {
         let n = envelope.recipients.len();
         if envelope.smtputf8 && !self.caps.smtputf8 {
-            let reply = Reply::with_code(
-                553,
-                5,
-                6,
-                7,
-                "the upstream does not support SMTPUTF8, needed for this envelope",
-            );
+            let reply =
+                Reply::with_code(553, 5, 6, 7, "the upstream does not support SMTPUTF8, needed for this envelope");
             return Ok(vec![Outcome::Reply(reply); n]);
         }
         if let Some(limit) = self.caps.size
             && limit > 0
             && body.len() as u64 > limit
         {
-            let reply = Reply::with_code(
-                552,
-                5,
-                3,
-                4,
-                format!("message size exceeds the upstream's limit of {limit} bytes"),
-            );
+            let reply =
+                Reply::with_code(552, 5, 3, 4, format!("message size exceeds the upstream's limit of {limit} bytes"));
             return Ok(vec![Outcome::Reply(reply); n]);
         }
 
@@ -289,9 +255,7 @@ impl SmtpConnection {
             }
             let mut accepted = 0;
             for (rcpt, verdict) in envelope.recipients.iter().zip(verdicts.iter_mut()) {
-                let reply = self
-                    .command(format!("RCPT TO:<{rcpt}>\r\n").as_bytes(), "RCPT TO")
-                    .await?;
+                let reply = self.command(format!("RCPT TO:<{rcpt}>\r\n").as_bytes(), "RCPT TO").await?;
                 if reply.is_positive() {
                     accepted += 1;
                 } else {
@@ -299,10 +263,7 @@ impl SmtpConnection {
                 }
             }
             if accepted == 0 {
-                return Ok(verdicts
-                    .into_iter()
-                    .map(|v| v.expect("every recipient was refused"))
-                    .collect());
+                return Ok(verdicts.into_iter().map(|v| v.expect("every recipient was refused")).collect());
             }
             let data_reply = self.command(b"DATA\r\n", "DATA").await?;
             if data_reply.code != 354 {
@@ -369,9 +330,7 @@ impl SmtpConnection {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    return Err(TransportError::Protocol(format!(
-                        "bad reply to {what}: {e}"
-                    )));
+                    return Err(TransportError::Protocol(format!("bad reply to {what}: {e}")));
                 }
             }
             let mut chunk = [0u8; 4096];
@@ -383,9 +342,7 @@ impl SmtpConnection {
                 return Err(TransportError::Closed);
             }
             if self.buf.len() + n > MAX_REPLY_BYTES {
-                return Err(TransportError::Protocol(format!(
-                    "reply to {what} exceeds {MAX_REPLY_BYTES} bytes"
-                )));
+                return Err(TransportError::Protocol(format!("reply to {what} exceeds {MAX_REPLY_BYTES} bytes")));
             }
             self.buf.extend_from_slice(&chunk[..n]);
         }
@@ -393,10 +350,7 @@ impl SmtpConnection {
 }
 
 fn fill(verdicts: Vec<Option<Outcome>>, rest: Outcome) -> Verdicts {
-    verdicts
-        .into_iter()
-        .map(|v| v.unwrap_or_else(|| rest.clone()))
-        .collect()
+    verdicts.into_iter().map(|v| v.unwrap_or_else(|| rest.clone())).collect()
 }
 
 async fn tls_handshake<S: Stream>(
@@ -404,12 +358,7 @@ async fn tls_handshake<S: Stream>(
     stream: S,
 ) -> Result<tokio_rustls::client::TlsStream<S>, TransportError> {
     let connector = tokio_rustls::TlsConnector::from(config.tls_config.clone());
-    match timeout(
-        config.connect_timeout,
-        connector.connect(config.server_name.clone(), stream),
-    )
-    .await
-    {
+    match timeout(config.connect_timeout, connector.connect(config.server_name.clone(), stream)).await {
         Err(_) => Err(TransportError::Tls("handshake timed out".into())),
         Ok(Err(e)) => Err(TransportError::Tls(e.to_string())),
         Ok(Ok(stream)) => Ok(stream),
