@@ -84,16 +84,9 @@ max_age = "5d"
 fn full_valid_config_passes() {
     let dir = tempdir();
     let pki = Pki::new();
-    let path = write_file(
-        dir.path(),
-        "sluice.toml",
-        full_config(dir.path(), &pki).as_bytes(),
-    );
+    let path = write_file(dir.path(), "sluice.toml", full_config(dir.path(), &pki).as_bytes());
     let out = check_config(&path);
-    assert!(
-        out.success(),
-        "check-config rejected a valid configuration:\n{out}"
-    );
+    assert!(out.success(), "check-config rejected a valid configuration:\n{out}");
 }
 
 #[test]
@@ -108,10 +101,7 @@ fn minimal_config_passes() {
     );
     let path = write_file(dir.path(), "sluice.toml", text.as_bytes());
     let out = check_config(&path);
-    assert!(
-        out.success(),
-        "check-config rejected a minimal configuration (defaults for the rest):\n{text}\n{out}"
-    );
+    assert!(out.success(), "check-config rejected a minimal configuration (defaults for the rest):\n{text}\n{out}");
 }
 
 /// Whether `text` says "line N" (or "line: N"), case-insensitively, for this N.
@@ -138,34 +128,20 @@ fn assert_rejected_at(line: &str, after: &str, key: &str) {
     let line_no = idx + 1;
     let path = write_file(dir.path(), "sluice.toml", text.as_bytes());
     let out = check_config(&path);
-    assert!(
-        !out.success(),
-        "check-config accepted a config with {line:?} at line {line_no}:\n{out}"
-    );
+    assert!(!out.success(), "check-config accepted a config with {line:?} at line {line_no}:\n{out}");
     let all = format!("{}\n{}", out.stderr, out.stdout);
     assert!(all.contains(key), "the error should name {key:?}:\n{out}");
-    assert!(
-        mentions_line(&all, line_no),
-        "the error should say 'line {line_no}':\n{out}"
-    );
+    assert!(mentions_line(&all, line_no), "the error should say 'line {line_no}':\n{out}");
 }
 
 #[test]
 fn unknown_key_in_a_listener_is_rejected_with_key_and_line() {
-    assert_rejected_at(
-        "max_mesage_size = 1000",
-        "max_recipients = 100",
-        "max_mesage_size",
-    );
+    assert_rejected_at("max_mesage_size = 1000", "max_recipients = 100", "max_mesage_size");
 }
 
 #[test]
 fn unknown_top_level_key_is_rejected_with_key_and_line() {
-    assert_rejected_at(
-        "spool_directory = \"/tmp\"",
-        "hostname = \"sluice.test\"",
-        "spool_directory",
-    );
+    assert_rejected_at("spool_directory = \"/tmp\"", "hostname = \"sluice.test\"", "spool_directory");
 }
 
 #[test]
@@ -181,10 +157,7 @@ fn bad_values_are_rejected() {
     for (from, to) in [
         ("tls = \"implicit\"", "tls = \"sometimes\""),
         ("idle_timeout = \"5m\"", "idle_timeout = \"five minutes\""),
-        (
-            "allowed_networks = [\"127.0.0.0/8\", \"10.0.0.0/8\", \"::1/128\"]",
-            "allowed_networks = [\"127.0.0.0/33\"]",
-        ),
+        ("allowed_networks = [\"127.0.0.0/8\", \"10.0.0.0/8\", \"::1/128\"]", "allowed_networks = [\"127.0.0.0/33\"]"),
         ("max_recipients = 100", "max_recipients = \"many\""),
         ("spool_dir = ", "spool_dirx = "),
     ] {
@@ -193,10 +166,7 @@ fn bad_values_are_rejected() {
         let path = write_file(dir.path(), "bad.toml", text.as_bytes());
         let out = check_config(&path);
         assert!(!out.success(), "check-config accepted {to:?}:\n{out}");
-        assert!(
-            !out.stderr.trim().is_empty(),
-            "check-config failed silently for {to:?}"
-        );
+        assert!(!out.stderr.trim().is_empty(), "check-config failed silently for {to:?}");
     }
 }
 
@@ -204,14 +174,8 @@ fn bad_values_are_rejected() {
 fn missing_config_file_is_an_error() {
     let dir = tempdir();
     let out = check_config(&dir.path().join("nonexistent.toml"));
-    assert!(
-        !out.success(),
-        "check-config accepted a missing file:\n{out}"
-    );
-    assert!(
-        out.stderr.contains("nonexistent.toml"),
-        "the error should name the file:\n{out}"
-    );
+    assert!(!out.success(), "check-config accepted a missing file:\n{out}");
+    assert!(out.stderr.contains("nonexistent.toml"), "the error should name the file:\n{out}");
 }
 
 #[test]
@@ -219,54 +183,27 @@ fn passwd_prints_an_argon2id_hash_that_verifies() {
     use argon2::{Argon2, PasswordHash, PasswordVerifier};
     let mut cmd = Command::new(sluice_bin());
     cmd.arg("passwd");
-    let out = run_command(
-        &mut cmd,
-        Some(b"hunter2 with spaces\n"),
-        Duration::from_secs(60),
-    );
+    let out = run_command(&mut cmd, Some(b"hunter2 with spaces\n"), Duration::from_secs(60));
     assert!(out.success(), "sluice passwd failed:\n{out}");
-    let lines: Vec<&str> = out
-        .stdout
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .collect();
+    let lines: Vec<&str> = out.stdout.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(
         lines.len(),
         1,
         "sluice passwd should print exactly one line (no prompt when stdin is not a TTY):\n{out}"
     );
     let hash = lines[0].trim();
+    assert!(hash.starts_with("$argon2id$"), "not an argon2id PHC string: {hash:?}");
+    let parsed = PasswordHash::new(hash).unwrap_or_else(|e| panic!("not a PHC string ({e}): {hash:?}"));
     assert!(
-        hash.starts_with("$argon2id$"),
-        "not an argon2id PHC string: {hash:?}"
-    );
-    let parsed =
-        PasswordHash::new(hash).unwrap_or_else(|e| panic!("not a PHC string ({e}): {hash:?}"));
-    assert!(
-        Argon2::default()
-            .verify_password(b"hunter2 with spaces", &parsed)
-            .is_ok(),
+        Argon2::default().verify_password(b"hunter2 with spaces", &parsed).is_ok(),
         "the hash does not verify the password"
     );
-    assert!(
-        Argon2::default()
-            .verify_password(b"hunter2", &parsed)
-            .is_err(),
-        "the hash verifies a wrong password"
-    );
+    assert!(Argon2::default().verify_password(b"hunter2", &parsed).is_err(), "the hash verifies a wrong password");
 
     // Two runs salt differently.
-    let again = run_command(
-        &mut cmd,
-        Some(b"hunter2 with spaces\n"),
-        Duration::from_secs(60),
-    );
+    let again = run_command(&mut cmd, Some(b"hunter2 with spaces\n"), Duration::from_secs(60));
     assert!(again.success(), "{again}");
-    assert_ne!(
-        again.stdout.trim(),
-        hash,
-        "two hashes of one password should differ (random salt)"
-    );
+    assert_ne!(again.stdout.trim(), hash, "two hashes of one password should differ (random salt)");
 }
 
 #[test]
@@ -316,10 +253,7 @@ max_interval = "2s"
     );
     let config = write_file(dir.path(), "sluice.toml", text.as_bytes());
     let checked = check_config(&config);
-    assert!(
-        checked.success(),
-        "check-config rejected:\n{text}\n{checked}"
-    );
+    assert!(checked.success(), "check-config rejected:\n{text}\n{checked}");
 
     let log = dir.path().join("sluice.log");
     let mut child = Command::new(sluice_bin())

@@ -16,12 +16,7 @@ fn message_accepted_while_upstream_down_is_delivered_once_it_is_up() {
         .retry("1s", "2s", "1h")
         .start();
 
-    let sent = message(
-        "alice@client.test",
-        "bob@example.test",
-        "queued while down",
-        TRICKY_BODY,
-    );
+    let sent = message("alice@client.test", "bob@example.test", "queued while down", TRICKY_BODY);
     let mut c = sluice.connect(0);
     c.ehlo();
     let reply = c.send_mail("alice@client.test", &["bob@example.test"], &sent);
@@ -30,18 +25,10 @@ fn message_accepted_while_upstream_down_is_delivered_once_it_is_up() {
     c.quit();
 
     // Only now does the upstream come up, on the configured port.
-    let up = Upstream::builder()
-        .port(up_port)
-        .tls(&pki)
-        .auth("relay", "pw")
-        .start();
+    let up = Upstream::builder().port(up_port).tls(&pki).auth("relay", "pw").start();
     let msgs = up.wait_for_messages(1, DEADLINE);
     let got = &msgs[0];
     assert_eq!(got.mail_from, "alice@client.test");
     assert_eq!(got.rcpt_tos, ["bob@example.test"]);
-    assert_bytes_eq(
-        strip_received(&got.data),
-        &sent,
-        "content delivered after the upstream came up",
-    );
+    assert_bytes_eq(strip_received(&got.data), &sent, "content delivered after the upstream came up");
 }

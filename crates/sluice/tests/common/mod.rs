@@ -41,10 +41,7 @@ pub const SLUICE_HOSTNAME: &str = "sluice.test";
 
 /// The repository's root (two levels above this crate).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("repository root")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repository root")
 }
 
 /// `tests/peers/<name>` at the repository root.
@@ -62,14 +59,11 @@ pub fn sluice_bin() -> PathBuf {
 /// Looks `name` up on PATH and then in `extra_dirs`.
 pub fn find_tool(name: &str, extra_dirs: &[&str]) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(extra_dirs.iter().map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|candidate| {
-            fs::metadata(candidate)
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-        })
+    std::env::split_paths(&path).chain(extra_dirs.iter().map(PathBuf::from)).map(|dir| dir.join(name)).find(
+        |candidate| {
+            fs::metadata(candidate).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+        },
+    )
 }
 
 /// Like [`find_tool`], but a missing tool fails the test with the package to install.
@@ -78,11 +72,7 @@ pub fn require_tool(name: &str, extra_dirs: &[&str], package: &str) -> PathBuf {
         panic!(
             "required test tool `{name}` was not found on PATH{}: install the Debian package \
              `{package}` (`.ci/run` installs every test dependency)",
-            if extra_dirs.is_empty() {
-                String::new()
-            } else {
-                format!(" nor in {extra_dirs:?}")
-            }
+            if extra_dirs.is_empty() { String::new() } else { format!(" nor in {extra_dirs:?}") }
         )
     })
 }
@@ -92,29 +82,17 @@ pub fn python() -> PathBuf {
     if let Some(p) = std::env::var_os("SLUICE_TEST_PYTHON") {
         return PathBuf::from(p);
     }
-    require_tool(
-        "python3",
-        &[],
-        "python3 (plus the PyPI package aiosmtpd: pip install aiosmtpd)",
-    )
+    require_tool("python3", &[], "python3 (plus the PyPI package aiosmtpd: pip install aiosmtpd)")
 }
 
 fn euid() -> u32 {
-    fs::metadata("/proc/self")
-        .map(|m| m.uid())
-        .unwrap_or(u32::MAX)
+    fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX)
 }
 
 /// Sends a signal (e.g. "TERM", "KILL") to a process, through the shell's `kill` builtin.
 pub fn send_signal(pid: u32, signal: &str) {
     let _ = Command::new("sh")
-        .args([
-            "-c",
-            "kill -s \"$1\" \"$2\" 2>/dev/null",
-            "sh",
-            signal,
-            &pid.to_string(),
-        ])
+        .args(["-c", "kill -s \"$1\" \"$2\" 2>/dev/null", "sh", signal, &pid.to_string()])
         .stdin(Stdio::null())
         .status();
 }
@@ -146,9 +124,7 @@ fn terminate(child: &mut Child, grace: Duration) -> ExitStatus {
 
 /// The last `lines` lines of a log file (for failure reports).
 pub fn tail(path: &Path, lines: usize) -> String {
-    let text = fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
+    let text = fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
@@ -183,11 +159,7 @@ impl CmdOutput {
 
 impl fmt::Display for CmdOutput {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "exit: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.status, self.stdout, self.stderr
-        )
+        write!(f, "exit: {}\n--- stdout ---\n{}\n--- stderr ---\n{}", self.status, self.stdout, self.stderr)
     }
 }
 
@@ -197,16 +169,9 @@ pub fn run_command(cmd: &mut Command, stdin: Option<&[u8]>, deadline: Duration) 
     let dir = tempfile::tempdir().expect("tempdir");
     let out_path = dir.path().join("stdout");
     let err_path = dir.path().join("stderr");
-    cmd.stdout(fs::File::create(&out_path).unwrap())
-        .stderr(fs::File::create(&err_path).unwrap());
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    });
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    cmd.stdout(fs::File::create(&out_path).unwrap()).stderr(fs::File::create(&err_path).unwrap());
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     if let Some(input) = stdin {
         let mut pipe = child.stdin.take().unwrap();
         pipe.write_all(input).expect("write to child's stdin");
@@ -269,40 +234,27 @@ pub struct Pki {
 impl Pki {
     pub fn new() -> Pki {
         use rcgen::{
-            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-            KeyPair, KeyUsagePurpose,
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+            KeyUsagePurpose,
         };
-        let dir = tempfile::Builder::new()
-            .prefix("sluice-pki-")
-            .tempdir()
-            .expect("tempdir");
+        let dir = tempfile::Builder::new().prefix("sluice-pki-").tempdir().expect("tempdir");
 
         let ca_key = KeyPair::generate().expect("CA key");
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "sluice test CA");
+        ca_params.distinguished_name.push(DnType::CommonName, "sluice test CA");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        ca_params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let ca_cert = ca_params.self_signed(&ca_key).expect("self-sign CA");
         let issuer = Issuer::new(ca_params, ca_key);
 
         let key = KeyPair::generate().expect("server key");
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "localhost");
+        let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, "localhost");
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
-        let cert = params
-            .signed_by(&key, &issuer)
-            .expect("sign server certificate");
+        let cert = params.signed_by(&key, &issuer).expect("sign server certificate");
 
         let ca_file = dir.path().join("ca.pem");
         let cert_file = dir.path().join("cert.pem");
@@ -310,28 +262,18 @@ impl Pki {
         fs::write(&ca_file, ca_cert.pem()).unwrap();
         fs::write(&cert_file, format!("{}{}", cert.pem(), ca_cert.pem())).unwrap();
         fs::write(&key_file, key.serialize_pem()).unwrap();
-        Pki {
-            ca_der: ca_cert.der().to_vec(),
-            _dir: dir,
-            ca_file,
-            cert_file,
-            key_file,
-        }
+        Pki { ca_der: ca_cert.der().to_vec(), _dir: dir, ca_file, cert_file, key_file }
     }
 
     /// A rustls client configuration trusting only this CA.
     pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(rustls::pki_types::CertificateDer::from(self.ca_der.clone()))
-            .expect("add test CA");
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        roots.add(rustls::pki_types::CertificateDer::from(self.ca_der.clone())).expect("add test CA");
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
         Arc::new(config)
     }
 }
@@ -415,10 +357,7 @@ pub fn strip_received(data: &[u8]) -> &[u8] {
 /// Renders bytes for an assertion message: escaped, one line per line.
 pub fn show(bytes: &[u8]) -> String {
     let s = String::from_utf8_lossy(bytes);
-    s.split_inclusive('\n')
-        .map(|l| format!("  |{}", l.escape_debug()))
-        .collect::<Vec<_>>()
-        .join("\n")
+    s.split_inclusive('\n').map(|l| format!("  |{}", l.escape_debug())).collect::<Vec<_>>().join("\n")
 }
 
 /// Asserts byte equality and shows the first difference readably.
@@ -427,11 +366,7 @@ pub fn assert_bytes_eq(actual: &[u8], expected: &[u8], what: &str) {
     if actual == expected {
         return;
     }
-    let first = actual
-        .iter()
-        .zip(expected)
-        .position(|(a, b)| a != b)
-        .unwrap_or(actual.len().min(expected.len()));
+    let first = actual.iter().zip(expected).position(|(a, b)| a != b).unwrap_or(actual.len().min(expected.len()));
     let from = first.saturating_sub(80);
     panic!(
         "{what}: content differs at byte {first} (actual {} bytes, expected {} bytes)\n\
@@ -446,10 +381,7 @@ pub fn assert_bytes_eq(actual: &[u8], expected: &[u8], what: &str) {
 /// The (unfolded) value of the first header field `name` in `data`'s header section.
 pub fn header_value(data: &[u8], name: &str) -> Option<String> {
     let text = String::from_utf8_lossy(data);
-    let header_end = text
-        .find("\r\n\r\n")
-        .or_else(|| text.find("\n\n"))
-        .unwrap_or(text.len());
+    let header_end = text.find("\r\n\r\n").or_else(|| text.find("\n\n")).unwrap_or(text.len());
     let mut fields: Vec<String> = Vec::new();
     for line in text[..header_end].lines() {
         if (line.starts_with(' ') || line.starts_with('\t')) && !fields.is_empty() {
@@ -462,9 +394,7 @@ pub fn header_value(data: &[u8], name: &str) -> Option<String> {
     }
     fields.into_iter().find_map(|f| {
         let (n, v) = f.split_once(':')?;
-        n.trim()
-            .eq_ignore_ascii_case(name)
-            .then(|| v.trim().to_string())
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
     })
 }
 
@@ -512,11 +442,7 @@ impl UpstreamBuilder {
     }
     /// Offer STARTTLS with the PKI's server certificate and require it before MAIL.
     pub fn tls(mut self, pki: &Pki) -> Self {
-        self.tls = Some((
-            pki.cert_file.clone(),
-            pki.key_file.clone(),
-            pki.ca_file.clone(),
-        ));
+        self.tls = Some((pki.cert_file.clone(), pki.key_file.clone(), pki.ca_file.clone()));
         self
     }
     /// Require AUTH (PLAIN/LOGIN) as this user.
@@ -536,19 +462,13 @@ impl UpstreamBuilder {
     }
 
     pub fn start(self) -> Upstream {
-        let dir = tempfile::Builder::new()
-            .prefix("sluice-upstream-")
-            .tempdir()
-            .expect("tempdir");
+        let dir = tempfile::Builder::new().prefix("sluice-upstream-").tempdir().expect("tempdir");
         let out = dir.path().join("out");
         let port_file = dir.path().join("port");
         let log = dir.path().join("upstream.log");
         let mut cmd = Command::new(python());
         cmd.arg("-u").arg(peer_script("upstream.py"));
-        cmd.arg("--port-file")
-            .arg(&port_file)
-            .arg("--out")
-            .arg(&out);
+        cmd.arg("--port-file").arg(&port_file).arg("--out").arg(&out);
         if let Some(port) = self.port {
             cmd.arg("--port").arg(port.to_string());
         }
@@ -567,29 +487,14 @@ impl UpstreamBuilder {
         cmd.stdin(Stdio::null())
             .stdout(fs::File::create(dir.path().join("upstream.stdout")).unwrap())
             .stderr(fs::File::create(&log).unwrap());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
         let port = wait_until(DEADLINE, "upstream.py to listen", || {
             if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "upstream.py exited ({status}) before listening:\n{}",
-                    tail(&log, 40)
-                );
+                panic!("upstream.py exited ({status}) before listening:\n{}", tail(&log, 40));
             }
-            fs::read_to_string(&port_file)
-                .ok()
-                .and_then(|s| s.trim().parse::<u16>().ok())
+            fs::read_to_string(&port_file).ok().and_then(|s| s.trim().parse::<u16>().ok())
         });
-        Upstream {
-            child: Some(child),
-            port,
-            out,
-            log,
-            ca_file: self.tls.map(|t| t.2),
-            auth: self.auth,
-            _dir: dir,
-        }
+        Upstream { child: Some(child), port, out, log, ca_file: self.tls.map(|t| t.2), auth: self.auth, _dir: dir }
     }
 }
 
@@ -627,25 +532,18 @@ impl Upstream {
         found
             .into_iter()
             .map(|(seq, path)| {
-                let v: serde_json::Value =
-                    serde_json::from_slice(&fs::read(&path).unwrap()).expect("upstream json");
+                let v: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).expect("upstream json");
                 let strings = |key: &str| -> Vec<String> {
                     v[key]
                         .as_array()
-                        .map(|a| {
-                            a.iter()
-                                .filter_map(|s| s.as_str().map(String::from))
-                                .collect()
-                        })
+                        .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
                         .unwrap_or_default()
                 };
                 Received {
                     seq,
                     mail_from: v["mail_from"].as_str().unwrap_or_default().to_string(),
                     rcpt_tos: strings("rcpt_tos"),
-                    data: B64
-                        .decode(v["data_b64"].as_str().unwrap_or_default())
-                        .expect("base64"),
+                    data: B64.decode(v["data_b64"].as_str().unwrap_or_default()).expect("base64"),
                     tls: v["tls"].as_bool().unwrap_or(false),
                     auth_login: v["auth_login"].as_str().map(String::from),
                     mail_options: strings("mail_options"),
@@ -656,18 +554,11 @@ impl Upstream {
 
     /// Waits until at least `n` messages have arrived and returns all of them.
     pub fn wait_for_messages(&self, n: usize, deadline: Duration) -> Vec<Received> {
-        self.wait_for(deadline, &format!("{n} message(s) at the upstream"), |m| {
-            m.len() >= n
-        })
+        self.wait_for(deadline, &format!("{n} message(s) at the upstream"), |m| m.len() >= n)
     }
 
     /// Waits until `done` holds for the messages received so far and returns them.
-    pub fn wait_for(
-        &self,
-        deadline: Duration,
-        what: &str,
-        mut done: impl FnMut(&[Received]) -> bool,
-    ) -> Vec<Received> {
+    pub fn wait_for(&self, deadline: Duration, what: &str, mut done: impl FnMut(&[Received]) -> bool) -> Vec<Received> {
         let end = Instant::now() + deadline;
         loop {
             let msgs = self.messages();
@@ -679,9 +570,7 @@ impl Upstream {
                     "gave up after {deadline:?} waiting for {what}; the upstream has {} message(s): {:?}\n\
                      --- upstream log ---\n{}",
                     msgs.len(),
-                    msgs.iter()
-                        .map(|m| (m.seq, &m.mail_from, &m.rcpt_tos, m.subject()))
-                        .collect::<Vec<_>>(),
+                    msgs.iter().map(|m| (m.seq, &m.mail_from, &m.rcpt_tos, m.subject())).collect::<Vec<_>>(),
                     tail(&self.log, 60)
                 );
             }
@@ -695,9 +584,7 @@ impl Upstream {
 
     /// SIGTERM and wait; returns the exit status.
     pub fn stop(&mut self) -> Option<ExitStatus> {
-        self.child
-            .as_mut()
-            .map(|c| terminate(c, Duration::from_secs(10)))
+        self.child.as_mut().map(|c| terminate(c, Duration::from_secs(10)))
     }
 }
 
@@ -705,11 +592,7 @@ impl Drop for Upstream {
     fn drop(&mut self) {
         self.stop();
         if std::thread::panicking() {
-            eprintln!(
-                "--- upstream.py log (port {}) ---\n{}",
-                self.port,
-                tail(&self.log, 80)
-            );
+            eprintln!("--- upstream.py log (port {}) ---\n{}", self.port, tail(&self.log, 80));
         }
     }
 }
@@ -739,15 +622,8 @@ pub struct SmtpSink {
 
 impl SmtpSink {
     pub fn start() -> SmtpSink {
-        let bin = require_tool(
-            "smtp-sink",
-            &["/usr/sbin", "/usr/lib/postfix/sbin"],
-            "postfix",
-        );
-        let dir = tempfile::Builder::new()
-            .prefix("sluice-sink-")
-            .tempdir()
-            .expect("tempdir");
+        let bin = require_tool("smtp-sink", &["/usr/sbin", "/usr/lib/postfix/sbin"], "postfix");
+        let dir = tempfile::Builder::new().prefix("sluice-sink-").tempdir().expect("tempdir");
         let dump_dir = dir.path().join("dump");
         fs::create_dir(&dump_dir).unwrap();
         let log = dir.path().join("smtp-sink.log");
@@ -765,9 +641,7 @@ impl SmtpSink {
                 .stdin(Stdio::null())
                 .stdout(fs::File::create(&log).unwrap())
                 .stderr(fs::OpenOptions::new().append(true).open(&log).unwrap());
-            let mut child = cmd
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+            let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
             let ready = wait_until(DEADLINE, "smtp-sink to listen", || {
                 if let Ok(Some(_)) = child.try_wait() {
                     return Some(false);
@@ -780,13 +654,7 @@ impl SmtpSink {
                 Some(buf[..n].starts_with(b"220"))
             });
             if ready {
-                return SmtpSink {
-                    child,
-                    port,
-                    dump_dir,
-                    log,
-                    _dir: dir,
-                };
+                return SmtpSink { child, port, dump_dir, log, _dir: dir };
             }
             let _ = child.kill();
             let _ = child.wait();
@@ -801,24 +669,13 @@ impl SmtpSink {
         let mut files: Vec<(std::time::SystemTime, PathBuf)> = fs::read_dir(&self.dump_dir)
             .map(|rd| {
                 rd.filter_map(|e| e.ok())
-                    .map(|e| {
-                        (
-                            e.metadata()
-                                .and_then(|m| m.modified())
-                                .unwrap_or(std::time::UNIX_EPOCH),
-                            e.path(),
-                        )
-                    })
+                    .map(|e| (e.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH), e.path()))
                     .collect()
             })
             .unwrap_or_default();
         files.sort();
         let open: BTreeSet<PathBuf> = fs::read_dir(format!("/proc/{}/fd", self.child.id()))
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .filter_map(|e| fs::read_link(e.path()).ok())
-                    .collect()
-            })
+            .map(|rd| rd.filter_map(|e| e.ok()).filter_map(|e| fs::read_link(e.path()).ok()).collect())
             .unwrap_or_default();
         files
             .into_iter()
@@ -851,11 +708,7 @@ impl Drop for SmtpSink {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!(
-                "--- smtp-sink log (port {}) ---\n{}",
-                self.port,
-                tail(&self.log, 40)
-            );
+            eprintln!("--- smtp-sink log (port {}) ---\n{}", self.port, tail(&self.log, 40));
         }
     }
 }
@@ -872,31 +725,13 @@ fn angle_addr(args: &str) -> String {
 /// X-Rcpt-Args lines, a three-line Received: header of its own, the message, an empty line.
 pub fn parse_sink_dump(dump: &[u8]) -> SinkMessage {
     let mut pos = 0;
-    let mut msg = SinkMessage {
-        mail_from: String::new(),
-        rcpt_tos: vec![],
-        helo: None,
-        data: vec![],
-    };
+    let mut msg = SinkMessage { mail_from: String::new(), rcpt_tos: vec![], helo: None, data: vec![] };
     let next_line = |pos: usize| -> (String, usize) {
-        let end = dump[pos..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map(|i| pos + i + 1)
-            .unwrap_or(dump.len());
-        (
-            String::from_utf8_lossy(&dump[pos..end])
-                .trim_end_matches('\n')
-                .to_string(),
-            end,
-        )
+        let end = dump[pos..].iter().position(|&b| b == b'\n').map(|i| pos + i + 1).unwrap_or(dump.len());
+        (String::from_utf8_lossy(&dump[pos..end]).trim_end_matches('\n').to_string(), end)
     };
     loop {
-        assert!(
-            pos < dump.len(),
-            "truncated smtp-sink dump:\n{}",
-            show(dump)
-        );
+        assert!(pos < dump.len(), "truncated smtp-sink dump:\n{}", show(dump));
         let (line, end) = next_line(pos);
         pos = end;
         if let Some(v) = line.strip_prefix("X-Helo-Args: ") {
@@ -1026,11 +861,7 @@ impl UpstreamCfg {
     }
     /// STARTTLS, trusting the PKI's CA, to 127.0.0.1:`port`.
     pub fn starttls(port: u16, pki: &Pki) -> UpstreamCfg {
-        UpstreamCfg {
-            tls: "starttls",
-            ca_file: Some(pki.ca_file.clone()),
-            ..UpstreamCfg::plain(port)
-        }
+        UpstreamCfg { tls: "starttls", ca_file: Some(pki.ca_file.clone()), ..UpstreamCfg::plain(port) }
     }
     pub fn auth(mut self, user: &str, password: &str) -> UpstreamCfg {
         self.username = Some(user.into());
@@ -1082,28 +913,15 @@ impl SluiceBuilder {
     }
     /// The certificate and key for STARTTLS/implicit listeners.
     pub fn pki(mut self, pki: &Pki) -> Self {
-        self.tls = Some((
-            pki.cert_file.clone(),
-            pki.key_file.clone(),
-            pki.ca_der.clone(),
-        ));
+        self.tls = Some((pki.cert_file.clone(), pki.key_file.clone(), pki.ca_der.clone()));
         self.client_tls = Some(pki.client_config());
         self
     }
 
     pub fn start(self) -> Sluice {
-        assert!(
-            !self.listeners.is_empty(),
-            "a sluice test needs at least one listener"
-        );
-        let upstream = self
-            .upstream
-            .clone()
-            .expect("a sluice test needs an [upstream]");
-        let dir = tempfile::Builder::new()
-            .prefix("sluice-test-")
-            .tempdir()
-            .expect("tempdir");
+        assert!(!self.listeners.is_empty(), "a sluice test needs at least one listener");
+        let upstream = self.upstream.clone().expect("a sluice test needs an [upstream]");
+        let dir = tempfile::Builder::new().prefix("sluice-test-").tempdir().expect("tempdir");
         let spool = dir.path().join("spool");
         fs::create_dir(&spool).unwrap();
         let mut sluice = Sluice {
@@ -1182,10 +1000,7 @@ impl Sluice {
 
     /// A rustls client configuration trusting the test CA (the builder needs `.pki()`).
     pub fn client_tls(&self) -> Arc<rustls::ClientConfig> {
-        self.builder
-            .client_tls
-            .clone()
-            .expect("SluiceBuilder::pki() was not called")
+        self.builder.client_tls.clone().expect("SluiceBuilder::pki() was not called")
     }
 
     /// A raw client connected to listener `i` (implicit TLS when that listener is implicit),
@@ -1217,17 +1032,11 @@ impl Sluice {
             t.insert("address".into(), s(&format!("127.0.0.1:{}", l.port)));
             t.insert("tls".into(), s(l.tls));
             if l.tls != "none" {
-                let (cert, key, _) = b
-                    .tls
-                    .as_ref()
-                    .expect("a TLS listener needs SluiceBuilder::pki()");
+                let (cert, key, _) = b.tls.as_ref().expect("a TLS listener needs SluiceBuilder::pki()");
                 t.insert("cert_file".into(), p(cert));
                 t.insert("key_file".into(), p(key));
             }
-            t.insert(
-                "allowed_networks".into(),
-                Value::Array(l.allowed_networks.iter().map(|n| s(n)).collect()),
-            );
+            t.insert("allowed_networks".into(), Value::Array(l.allowed_networks.iter().map(|n| s(n)).collect()));
             if let Some(v) = l.auth {
                 t.insert("auth".into(), Value::Boolean(v));
             }
@@ -1243,10 +1052,7 @@ impl Sluice {
                     t.insert(key.into(), Value::Integer(v as i64));
                 }
             }
-            for (key, v) in [
-                ("idle_timeout", &l.idle_timeout),
-                ("data_timeout", &l.data_timeout),
-            ] {
+            for (key, v) in [("idle_timeout", &l.idle_timeout), ("data_timeout", &l.data_timeout)] {
                 if let Some(v) = v {
                     t.insert(key.into(), s(v));
                 }
@@ -1317,17 +1123,8 @@ impl Sluice {
     fn spawn_and_wait(&mut self) -> Result<(), String> {
         self.starts += 1;
         let log_path = self.log_path();
-        let mut log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .unwrap();
-        writeln!(
-            log,
-            "===== test harness: start #{} of sluice serve =====",
-            self.starts
-        )
-        .unwrap();
+        let mut log = fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
+        writeln!(log, "===== test harness: start #{} of sluice serve =====", self.starts).unwrap();
         let mut cmd = Command::new(sluice_bin());
         cmd.arg("serve").arg("--config").arg(&self.config_path);
         if std::env::var_os("RUST_LOG").is_none() {
@@ -1336,12 +1133,8 @@ impl Sluice {
         if let Some(password) = &self.upstream.password {
             cmd.env(UPSTREAM_PASSWORD_ENV, password);
         }
-        cmd.stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
         let end = Instant::now() + DEADLINE;
         for i in 0..self.listeners.len() {
             loop {
@@ -1410,10 +1203,7 @@ impl Sluice {
             None => {
                 let _ = c.kill();
                 let _ = c.wait();
-                panic!(
-                    "sluice did not exit within {DEADLINE:?} of SIGTERM\n{}",
-                    tail(&self.log_path(), 60)
-                );
+                panic!("sluice did not exit within {DEADLINE:?} of SIGTERM\n{}", tail(&self.log_path(), 60));
             }
         }
     }
@@ -1512,11 +1302,8 @@ impl Reply {
     pub fn enhanced(&self) -> Option<&str> {
         let first = self.lines.first()?.split_whitespace().next()?;
         let parts: Vec<&str> = first.split('.').collect();
-        (parts.len() == 3
-            && parts
-                .iter()
-                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())))
-        .then_some(first)
+        (parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())))
+            .then_some(first)
     }
     /// EHLO: whether a keyword is advertised (case-insensitive, first word of a line).
     pub fn has_extension(&self, keyword: &str) -> bool {
@@ -1527,8 +1314,7 @@ impl Reply {
         self.lines.iter().skip(1).find_map(|l| {
             let mut words = l.split(|c: char| c == ' ' || c == '=');
             let kw = words.next()?;
-            kw.eq_ignore_ascii_case(keyword)
-                .then(|| words.map(|w| w.to_ascii_uppercase()).collect())
+            kw.eq_ignore_ascii_case(keyword).then(|| words.map(|w| w.to_ascii_uppercase()).collect())
         })
     }
     /// Panics unless the reply has this code (and, if given, this enhanced code).
@@ -1536,11 +1322,7 @@ impl Reply {
     pub fn expect(&self, code: u16, enhanced: Option<&str>, context: &str) -> &Reply {
         assert_eq!(self.code, code, "{context}: expected {code}, got: {self}");
         if let Some(e) = enhanced {
-            assert_eq!(
-                self.enhanced(),
-                Some(e),
-                "{context}: expected enhanced status {e}, got: {self}"
-            );
+            assert_eq!(self.enhanced(), Some(e), "{context}: expected enhanced status {e}, got: {self}");
         }
         self
     }
@@ -1567,16 +1349,11 @@ pub struct SmtpClient {
 
 impl SmtpClient {
     pub fn try_connect(port: u16) -> io::Result<SmtpClient> {
-        let tcp =
-            TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(5))?;
+        let tcp = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(5))?;
         tcp.set_read_timeout(Some(IO_TIMEOUT))?;
         tcp.set_write_timeout(Some(IO_TIMEOUT))?;
         tcp.set_nodelay(true)?;
-        Ok(SmtpClient {
-            stream: Stream::Plain(tcp),
-            buf: Vec::new(),
-            port,
-        })
+        Ok(SmtpClient { stream: Stream::Plain(tcp), buf: Vec::new(), port })
     }
 
     /// Connects to 127.0.0.1:`port` (the greeting is not read).
@@ -1592,8 +1369,7 @@ impl SmtpClient {
 
     /// Connects with implicit TLS (the greeting is not read).
     pub fn connect_tls(port: u16, config: Arc<rustls::ClientConfig>) -> SmtpClient {
-        Self::try_connect_tls(port, config)
-            .unwrap_or_else(|e| panic!("TLS connect to 127.0.0.1:{port}: {e}"))
+        Self::try_connect_tls(port, config).unwrap_or_else(|e| panic!("TLS connect to 127.0.0.1:{port}: {e}"))
     }
 
     pub fn set_timeout(&mut self, t: Duration) {
@@ -1613,9 +1389,7 @@ impl SmtpClient {
             Stream::Plain(tcp) => tcp,
             _ => panic!("TLS is already on (or the connection is closed)"),
         };
-        let name = rustls::pki_types::ServerName::try_from("localhost")
-            .unwrap()
-            .to_owned();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap().to_owned();
         let conn = rustls::ClientConnection::new(config, name).map_err(io::Error::other)?;
         let mut tls = rustls::StreamOwned::new(conn, tcp);
         while tls.conn.is_handshaking() {
@@ -1637,8 +1411,7 @@ impl SmtpClient {
 
     /// Writes bytes as they are; panics on error.
     pub fn send_raw(&mut self, bytes: &[u8]) {
-        self.write_all(bytes)
-            .unwrap_or_else(|e| panic!("write to sluice: {e}"));
+        self.write_all(bytes).unwrap_or_else(|e| panic!("write to sluice: {e}"));
     }
 
     /// One line, without its line ending; Err on EOF or timeout.
@@ -1657,10 +1430,7 @@ impl SmtpClient {
             if n == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
-                    format!(
-                        "connection closed by the server (pending: {:?})",
-                        String::from_utf8_lossy(&self.buf)
-                    ),
+                    format!("connection closed by the server (pending: {:?})", String::from_utf8_lossy(&self.buf)),
                 ));
             }
             self.buf.extend_from_slice(&chunk[..n]);
@@ -1673,12 +1443,7 @@ impl SmtpClient {
         loop {
             let raw = self.read_line()?;
             let line = String::from_utf8_lossy(&raw).into_owned();
-            let bad = || {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("malformed reply line {line:?}"),
-                )
-            };
+            let bad = || io::Error::new(io::ErrorKind::InvalidData, format!("malformed reply line {line:?}"));
             if line.len() < 3 || !line.as_bytes()[..3].iter().all(u8::is_ascii_digit) {
                 return Err(bad());
             }
@@ -1721,8 +1486,7 @@ impl SmtpClient {
     #[track_caller]
     pub fn starttls(&mut self, config: Arc<rustls::ClientConfig>) {
         self.cmd("STARTTLS").expect(220, None, "STARTTLS");
-        self.upgrade_tls(config)
-            .unwrap_or_else(|e| panic!("TLS handshake after STARTTLS: {e}"));
+        self.upgrade_tls(config).unwrap_or_else(|e| panic!("TLS handshake after STARTTLS: {e}"));
     }
 
     /// AUTH PLAIN with an initial response; returns the final reply.
@@ -1757,11 +1521,9 @@ impl SmtpClient {
     /// MAIL, RCPT..., DATA, content; asserts 250/250/354 on the way, returns the final reply.
     #[track_caller]
     pub fn send_mail(&mut self, from: &str, to: &[&str], content: &[u8]) -> Reply {
-        self.cmd(&format!("MAIL FROM:<{from}>"))
-            .expect(250, None, "MAIL FROM");
+        self.cmd(&format!("MAIL FROM:<{from}>")).expect(250, None, "MAIL FROM");
         for t in to {
-            self.cmd(&format!("RCPT TO:<{t}>"))
-                .expect(250, None, &format!("RCPT TO:<{t}>"));
+            self.cmd(&format!("RCPT TO:<{t}>")).expect(250, None, &format!("RCPT TO:<{t}>"));
         }
         self.cmd("DATA").expect(354, None, "DATA");
         self.send_content(content)
@@ -1801,14 +1563,9 @@ pub fn dot_stuff(content: &[u8]) -> Vec<u8> {
 pub fn queued_id(reply: &Reply) -> String {
     assert_eq!(reply.code, 250, "end of DATA: {reply}");
     let text = reply.text();
-    let id = text
-        .split("queued as ")
-        .nth(1)
-        .unwrap_or_else(|| panic!("end of DATA reply lacks 'queued as <ID>': {reply}"));
-    assert!(
-        text.starts_with("2.0.0 Ok: queued as "),
-        "end of DATA reply: {reply}"
-    );
+    let id =
+        text.split("queued as ").nth(1).unwrap_or_else(|| panic!("end of DATA reply lacks 'queued as <ID>': {reply}"));
+    assert!(text.starts_with("2.0.0 Ok: queued as "), "end of DATA reply: {reply}");
     id.trim().to_string()
 }
 
@@ -1840,8 +1597,5 @@ pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
 
 /// A temporary directory for a test's own files.
 pub fn tempdir() -> TempDir {
-    tempfile::Builder::new()
-        .prefix("sluice-case-")
-        .tempdir()
-        .expect("tempdir")
+    tempfile::Builder::new().prefix("sluice-case-").tempdir().expect("tempdir")
 }
