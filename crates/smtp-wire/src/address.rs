@@ -61,17 +61,12 @@ impl Address {
             len
         };
         let (local, rest) = s.split_at(local_len);
-        let domain = rest
-            .strip_prefix('@')
-            .ok_or(AddressError("missing @ after quoted local part"))?;
+        let domain = rest.strip_prefix('@').ok_or(AddressError("missing @ after quoted local part"))?;
         if local.len() > MAX_LOCAL_PART_LEN {
             return Err(AddressError("local part too long"));
         }
         check_domain(domain)?;
-        Ok(Address {
-            local_part: local.to_owned(),
-            domain: domain.to_owned(),
-        })
+        Ok(Address { local_part: local.to_owned(), domain: domain.to_owned() })
     }
 
     /// False when the address contains UTF-8 and so needs SMTPUTF8 (RFC 6531) end to end.
@@ -82,11 +77,7 @@ impl Address {
     /// The domain in lower case, for routing and policy lookups (domains are case-insensitive; the
     /// local part is not, so it is never folded).
     pub fn domain_lowercase(&self) -> String {
-        if self.domain.is_ascii() {
-            self.domain.to_ascii_lowercase()
-        } else {
-            self.domain.to_lowercase()
-        }
+        if self.domain.is_ascii() { self.domain.to_ascii_lowercase() } else { self.domain.to_lowercase() }
     }
 }
 
@@ -149,23 +140,15 @@ pub(crate) fn check_domain(d: &str) -> Result<(), AddressError> {
         return Err(AddressError("missing domain"));
     }
     if let Some(inner) = d.strip_prefix('[') {
-        let inner = inner
-            .strip_suffix(']')
-            .ok_or(AddressError("unterminated address literal"))?;
+        let inner = inner.strip_suffix(']').ok_or(AddressError("unterminated address literal"))?;
         // The tag is case-insensitive (RFC 5321 §4.1.3 says "IPv6:", but ABNF strings are
         // case-insensitive). General address literals with other tags are not supported: nobody
         // uses them and we could not deliver to them.
         let ok = match inner.get(..5) {
-            Some(tag) if tag.eq_ignore_ascii_case("IPv6:") => {
-                inner[5..].parse::<Ipv6Addr>().is_ok()
-            }
+            Some(tag) if tag.eq_ignore_ascii_case("IPv6:") => inner[5..].parse::<Ipv6Addr>().is_ok(),
             _ => inner.parse::<Ipv4Addr>().is_ok(),
         };
-        return if ok {
-            Ok(())
-        } else {
-            Err(AddressError("invalid address literal"))
-        };
+        return if ok { Ok(()) } else { Err(AddressError("invalid address literal")) };
     }
     for label in d.split('.') {
         if label.is_empty() {
@@ -174,10 +157,7 @@ pub(crate) fn check_domain(d: &str) -> Result<(), AddressError> {
         if label.chars().count() > MAX_LABEL_LEN {
             return Err(AddressError("domain label too long"));
         }
-        if !label
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii())
-        {
+        if !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii()) {
             return Err(AddressError("invalid character in domain"));
         }
         // RFC 5321 sub-domain: Let-dig [Ldh-str], i.e. no hyphen at either end.
@@ -209,19 +189,11 @@ mod tests {
             ("#!$%&'*+-/=?^_`{|}~@x.y", "#!$%&'*+-/=?^_`{|}~", "x.y"),
             ("\"john doe\"@example.com", "\"john doe\"", "example.com"),
             ("\"a@b\"@example.com", "\"a@b\"", "example.com"),
-            (
-                "\"a\\\"b\\\\c\"@example.com",
-                "\"a\\\"b\\\\c\"",
-                "example.com",
-            ),
+            ("\"a\\\"b\\\\c\"@example.com", "\"a\\\"b\\\\c\"", "example.com"),
             ("\"\"@example.com", "\"\"", "example.com"),
             ("user@[192.0.2.1]", "user", "[192.0.2.1]"),
             ("user@[IPv6:2001:db8::1]", "user", "[IPv6:2001:db8::1]"),
-            (
-                "user@[ipv6:::ffff:192.0.2.1]",
-                "user",
-                "[ipv6:::ffff:192.0.2.1]",
-            ),
+            ("user@[ipv6:::ffff:192.0.2.1]", "user", "[ipv6:::ffff:192.0.2.1]"),
             ("jörg@bücher.example", "jörg", "bücher.example"),
             ("用户@例子.广告", "用户", "例子.广告"),
             ("\"jö rg\"@example.com", "\"jö rg\"", "example.com"),
@@ -249,29 +221,14 @@ mod tests {
             ("user@example..com", "empty domain label"),
             ("user@.example.com", "empty domain label"),
             ("user@example.com.", "empty domain label"),
-            (
-                "user@-example.com",
-                "domain label starts or ends with hyphen",
-            ),
-            (
-                "user@example-.com",
-                "domain label starts or ends with hyphen",
-            ),
+            ("user@-example.com", "domain label starts or ends with hyphen"),
+            ("user@example-.com", "domain label starts or ends with hyphen"),
             ("user@exa_mple.com", "invalid character in domain"),
             ("user@exa mple.com", "invalid character in domain"),
-            (
-                "\"unterminated@example.com",
-                "unterminated quoted local part",
-            ),
+            ("\"unterminated@example.com", "unterminated quoted local part"),
             ("\"a\"b@example.com", "missing @ after quoted local part"),
-            (
-                "\"a\tb\"@example.com",
-                "invalid character in quoted local part",
-            ),
-            (
-                "\"a\\\tb\"@example.com",
-                "invalid quoted pair in local part",
-            ),
+            ("\"a\tb\"@example.com", "invalid character in quoted local part"),
+            ("\"a\\\tb\"@example.com", "invalid quoted pair in local part"),
             ("user@[192.0.2.256]", "invalid address literal"),
             ("user@[192.0.2.1", "unterminated address literal"),
             ("user@[IPv6:zz::1]", "invalid address literal"),
@@ -287,31 +244,16 @@ mod tests {
     fn length_limits() {
         let local64 = "a".repeat(64);
         assert!(Address::parse(&format!("{local64}@example.com")).is_ok());
-        assert_eq!(
-            Address::parse(&format!("a{local64}@example.com")),
-            Err(AddressError("local part too long"))
-        );
+        assert_eq!(Address::parse(&format!("a{local64}@example.com")), Err(AddressError("local part too long")));
         let label63 = "b".repeat(63);
         assert!(Address::parse(&format!("a@{label63}.com")).is_ok());
-        assert_eq!(
-            Address::parse(&format!("a@b{label63}.com")),
-            Err(AddressError("domain label too long"))
-        );
+        assert_eq!(Address::parse(&format!("a@b{label63}.com")), Err(AddressError("domain label too long")));
         // 254 octets total is the ceiling.
-        let domain = format!(
-            "{}.{}.{}.{}",
-            "c".repeat(63),
-            "d".repeat(63),
-            "e".repeat(63),
-            "f".repeat(60)
-        );
+        let domain = format!("{}.{}.{}.{}", "c".repeat(63), "d".repeat(63), "e".repeat(63), "f".repeat(60));
         let addr = format!("a@{domain}");
         assert_eq!(addr.len(), 254);
         assert!(Address::parse(&addr).is_ok());
-        assert_eq!(
-            Address::parse(&format!("ab@{domain}")),
-            Err(AddressError("address too long"))
-        );
+        assert_eq!(Address::parse(&format!("ab@{domain}")), Err(AddressError("address too long")));
     }
 
     #[test]
@@ -323,10 +265,7 @@ mod tests {
         assert!(a.is_ascii());
         assert_eq!(a.domain_lowercase(), "example.com");
         assert_eq!(a.local_part, "User");
-        let pm = Address {
-            local_part: "Postmaster".into(),
-            domain: String::new(),
-        };
+        let pm = Address { local_part: "Postmaster".into(), domain: String::new() };
         assert_eq!(pm.to_string(), "Postmaster");
     }
 }

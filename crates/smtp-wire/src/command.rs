@@ -150,15 +150,9 @@ impl CommandError {
     pub fn reply(&self) -> Reply {
         match self {
             CommandError::Unrecognized => Reply::with_code(500, 5, 5, 2, "Command not recognized"),
-            CommandError::InvalidBytes => {
-                Reply::with_code(501, 5, 5, 2, "Invalid characters in command")
-            }
-            CommandError::Syntax(msg) | CommandError::BadParameter(msg) => {
-                Reply::with_code(501, 5, 5, 4, *msg)
-            }
-            CommandError::BadSender(msg) => {
-                Reply::with_code(501, 5, 1, 7, format!("Bad sender address syntax: {msg}"))
-            }
+            CommandError::InvalidBytes => Reply::with_code(501, 5, 5, 2, "Invalid characters in command"),
+            CommandError::Syntax(msg) | CommandError::BadParameter(msg) => Reply::with_code(501, 5, 5, 4, *msg),
+            CommandError::BadSender(msg) => Reply::with_code(501, 5, 1, 7, format!("Bad sender address syntax: {msg}")),
             CommandError::BadRecipient(msg) => {
                 Reply::with_code(501, 5, 1, 3, format!("Bad recipient address syntax: {msg}"))
             }
@@ -228,19 +222,11 @@ pub fn parse_command(line: &[u8]) -> Result<Command, CommandError> {
 }
 
 fn no_args(rest: &str, cmd: Command, msg: &'static str) -> Result<Command, CommandError> {
-    if rest.is_empty() {
-        Ok(cmd)
-    } else {
-        Err(CommandError::Syntax(msg))
-    }
+    if rest.is_empty() { Ok(cmd) } else { Err(CommandError::Syntax(msg)) }
 }
 
 fn required(rest: &str, msg: &'static str) -> Result<String, CommandError> {
-    if rest.is_empty() {
-        Err(CommandError::Syntax(msg))
-    } else {
-        Ok(rest.to_owned())
-    }
+    if rest.is_empty() { Err(CommandError::Syntax(msg)) } else { Ok(rest.to_owned()) }
 }
 
 fn one_token(rest: &str, msg: &'static str) -> Result<String, CommandError> {
@@ -254,8 +240,7 @@ fn one_token(rest: &str, msg: &'static str) -> Result<String, CommandError> {
 /// Strips a case-insensitive ASCII prefix.
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     let head = s.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix)
-        .then(|| &s[prefix.len()..])
+    head.eq_ignore_ascii_case(prefix).then(|| &s[prefix.len()..])
 }
 
 /// A path error is either about the command's shape (reported as `Syntax`) or about the address
@@ -338,8 +323,7 @@ fn strip_source_route(path: &str) -> Result<&str, &'static str> {
 }
 
 fn parse_mail(rest: &str) -> Result<Command, CommandError> {
-    let after = strip_prefix_ci(rest, "FROM:")
-        .ok_or(CommandError::Syntax("Syntax: MAIL FROM:<address>"))?;
+    let after = strip_prefix_ci(rest, "FROM:").ok_or(CommandError::Syntax("Syntax: MAIL FROM:<address>"))?;
     let (path, params) = take_path(after).map_err(|e| match e {
         PathError::Syntax(m) => CommandError::Syntax(m),
         PathError::Address(m) => CommandError::BadSender(m),
@@ -350,15 +334,11 @@ fn parse_mail(rest: &str) -> Result<Command, CommandError> {
         let mailbox = strip_source_route(path).map_err(CommandError::BadSender)?;
         Some(Address::parse(mailbox).map_err(|e| CommandError::BadSender(e.0))?)
     };
-    Ok(Command::Mail {
-        from,
-        params: parse_mail_params(params)?,
-    })
+    Ok(Command::Mail { from, params: parse_mail_params(params)? })
 }
 
 fn parse_rcpt(rest: &str) -> Result<Command, CommandError> {
-    let after =
-        strip_prefix_ci(rest, "TO:").ok_or(CommandError::Syntax("Syntax: RCPT TO:<address>"))?;
+    let after = strip_prefix_ci(rest, "TO:").ok_or(CommandError::Syntax("Syntax: RCPT TO:<address>"))?;
     let (path, params) = take_path(after).map_err(|e| match e {
         PathError::Syntax(m) => CommandError::Syntax(m),
         PathError::Address(m) => CommandError::BadRecipient(m),
@@ -369,17 +349,11 @@ fn parse_rcpt(rest: &str) -> Result<Command, CommandError> {
     let mailbox = strip_source_route(path).map_err(CommandError::BadRecipient)?;
     // RFC 5321 §4.1.1.3: `<Postmaster>` without a domain must be accepted (any case).
     let to = if mailbox.eq_ignore_ascii_case("postmaster") {
-        Address {
-            local_part: mailbox.to_owned(),
-            domain: String::new(),
-        }
+        Address { local_part: mailbox.to_owned(), domain: String::new() }
     } else {
         Address::parse(mailbox).map_err(|e| CommandError::BadRecipient(e.0))?
     };
-    Ok(Command::Rcpt {
-        to,
-        params: parse_rcpt_params(params)?,
-    })
+    Ok(Command::Rcpt { to, params: parse_rcpt_params(params)? })
 }
 
 /// Splits the parameter list into `(keyword, value)` pairs and checks the keyword syntax
@@ -421,9 +395,7 @@ fn is_xtext(v: &str) -> bool {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'+' {
-            if !(b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
-                && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
-            {
+            if !(b.get(i + 1).is_some_and(u8::is_ascii_hexdigit) && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit)) {
                 return false;
             }
             i += 3;
@@ -477,14 +449,10 @@ fn parse_mail_params(s: &str) -> Result<MailParams, CommandError> {
             };
             set_once(&mut p.ret, ret, "Duplicate RET parameter")?;
         } else if key.eq_ignore_ascii_case("ENVID") {
-            let v = value
-                .filter(|v| is_xtext(v))
-                .ok_or(bad("Invalid ENVID parameter"))?;
+            let v = value.filter(|v| is_xtext(v)).ok_or(bad("Invalid ENVID parameter"))?;
             set_once(&mut p.envid, v.to_owned(), "Duplicate ENVID parameter")?;
         } else if key.eq_ignore_ascii_case("AUTH") {
-            let v = value
-                .filter(|v| is_xtext(v))
-                .ok_or(bad("Invalid AUTH parameter"))?;
+            let v = value.filter(|v| is_xtext(v)).ok_or(bad("Invalid AUTH parameter"))?;
             set_once(&mut p.auth, v.to_owned(), "Duplicate AUTH parameter")?;
         } else {
             p.unknown.push(unknown_param(key, value)?);
@@ -515,9 +483,7 @@ fn parse_notify(value: Option<&str>) -> Result<Vec<Notify>, CommandError> {
     }
     // RFC 3461 §4.1: NEVER must appear alone.
     if list.len() > 1 && list.contains(&Notify::Never) {
-        return Err(CommandError::BadParameter(
-            "NOTIFY=NEVER cannot be combined with other values",
-        ));
+        return Err(CommandError::BadParameter("NOTIFY=NEVER cannot be combined with other values"));
     }
     Ok(list)
 }
@@ -532,10 +498,7 @@ fn parse_rcpt_params(s: &str) -> Result<RcptParams, CommandError> {
         } else if key.eq_ignore_ascii_case("ORCPT") {
             // addr-type ";" xtext: both halves must be there; the rest is kept raw for the DSN.
             let v = value
-                .filter(|v| {
-                    v.split_once(';')
-                        .is_some_and(|(t, a)| !t.is_empty() && is_xtext(a))
-                })
+                .filter(|v| v.split_once(';').is_some_and(|(t, a)| !t.is_empty() && is_xtext(a)))
                 .ok_or(CommandError::BadParameter("Invalid ORCPT parameter"))?;
             set_once(&mut p.orcpt, v.to_owned(), "Duplicate ORCPT parameter")?;
         } else {
@@ -547,38 +510,25 @@ fn parse_rcpt_params(s: &str) -> Result<RcptParams, CommandError> {
 
 fn parse_auth(rest: &str) -> Result<Command, CommandError> {
     let mut tokens = split_ws(rest);
-    let mechanism = tokens
-        .next()
-        .ok_or(CommandError::Syntax("AUTH requires a mechanism"))?;
+    let mechanism = tokens.next().ok_or(CommandError::Syntax("AUTH requires a mechanism"))?;
     let initial_response = tokens.next().map(str::to_owned);
     if tokens.next().is_some() {
         return Err(CommandError::Syntax("Too many arguments to AUTH"));
     }
     // RFC 4422 §3.1: 1 to 20 characters of [A-Z0-9-_].
-    if mechanism.len() > 20
-        || !mechanism
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
+    if mechanism.len() > 20 || !mechanism.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
         return Err(CommandError::Syntax("Invalid AUTH mechanism name"));
     }
-    Ok(Command::Auth {
-        mechanism: mechanism.to_ascii_uppercase(),
-        initial_response,
-    })
+    Ok(Command::Auth { mechanism: mechanism.to_ascii_uppercase(), initial_response })
 }
 
 fn parse_bdat(rest: &str) -> Result<Command, CommandError> {
     let mut tokens = split_ws(rest);
-    let size = tokens
-        .next()
-        .ok_or(CommandError::Syntax("BDAT requires a chunk size"))?;
+    let size = tokens.next().ok_or(CommandError::Syntax("BDAT requires a chunk size"))?;
     if !size.bytes().all(|b| b.is_ascii_digit()) {
         return Err(CommandError::Syntax("Invalid BDAT chunk size"));
     }
-    let size = size
-        .parse::<u64>()
-        .map_err(|_| CommandError::Syntax("Invalid BDAT chunk size"))?;
+    let size = size.parse::<u64>().map_err(|_| CommandError::Syntax("Invalid BDAT chunk size"))?;
     let last = match tokens.next() {
         None => false,
         Some(t) if t.eq_ignore_ascii_case("LAST") => true,
@@ -679,10 +629,7 @@ impl fmt::Display for Command {
             Command::Expn(s) => write!(f, "EXPN {s}"),
             Command::Help(None) => f.write_str("HELP"),
             Command::Help(Some(s)) => write!(f, "HELP {s}"),
-            Command::Auth {
-                mechanism,
-                initial_response,
-            } => {
+            Command::Auth { mechanism, initial_response } => {
                 write!(f, "AUTH {mechanism}")?;
                 if let Some(ir) = initial_response {
                     write!(f, " {ir}")?;
@@ -713,17 +660,11 @@ mod tests {
     }
 
     fn mail(from: Option<&str>, params: MailParams) -> Command {
-        Command::Mail {
-            from: from.map(addr),
-            params,
-        }
+        Command::Mail { from: from.map(addr), params }
     }
 
     fn rcpt(to: &str, params: RcptParams) -> Command {
-        Command::Rcpt {
-            to: addr(to),
-            params,
-        }
+        Command::Rcpt { to: addr(to), params }
     }
 
     #[test]
@@ -744,15 +685,9 @@ mod tests {
             ("VRFY postmaster", Command::Vrfy("postmaster".into())),
             ("vrfy John Smith", Command::Vrfy("John Smith".into())),
             ("EXPN staff", Command::Expn("staff".into())),
-            (
-                "EHLO mx.example.com",
-                Command::Ehlo("mx.example.com".into()),
-            ),
+            ("EHLO mx.example.com", Command::Ehlo("mx.example.com".into())),
             ("ehlo [192.0.2.1]", Command::Ehlo("[192.0.2.1]".into())),
-            (
-                "HELO  host_with_underscore ",
-                Command::Helo("host_with_underscore".into()),
-            ),
+            ("HELO  host_with_underscore ", Command::Helo("host_with_underscore".into())),
             ("EHLO\tx", Command::Ehlo("x".into())),
         ];
         for (line, want) in cases {
@@ -762,16 +697,7 @@ mod tests {
 
     #[test]
     fn unrecognized_and_invalid_bytes() {
-        for line in [
-            "",
-            "   ",
-            "FOO",
-            "MAILX FROM:<>",
-            "STARTTLSX",
-            "DAT",
-            "HELLO x",
-            "é",
-        ] {
+        for line in ["", "   ", "FOO", "MAILX FROM:<>", "STARTTLSX", "DAT", "HELLO x", "é"] {
             assert_eq!(parse(line), Err(CommandError::Unrecognized), "{line:?}");
         }
         let bad: &[&[u8]] = &[
@@ -785,11 +711,7 @@ mod tests {
             b"EHLO a\nb",
         ];
         for line in bad {
-            assert_eq!(
-                parse_command(line),
-                Err(CommandError::InvalidBytes),
-                "{line:?}"
-            );
+            assert_eq!(parse_command(line), Err(CommandError::InvalidBytes), "{line:?}");
         }
         // TAB is allowed (as a separator).
         assert_eq!(parse_command(b"NOOP\tx"), Ok(Command::Noop));
@@ -848,49 +770,18 @@ mod tests {
             ("MAIL FROM: <>", None),
             ("MAIL FROM: <user@example.com>", Some("user@example.com")),
             ("MAIL FROM:user@example.com", Some("user@example.com")),
-            (
-                "MAIL FROM:<@relay1.example,@[192.0.2.1]:user@example.com>",
-                Some("user@example.com"),
-            ),
-            (
-                "MAIL FROM:<@[IPv6:2001:db8::1]:user@example.com>",
-                Some("user@example.com"),
-            ),
-            (
-                "MAIL FROM:<\"john doe\"@example.com>",
-                Some("\"john doe\"@example.com"),
-            ),
-            (
-                "MAIL FROM:<\"a>b\"@example.com>",
-                Some("\"a>b\"@example.com"),
-            ),
-            (
-                "MAIL FROM:<\"a\\\"> b\"@example.com>",
-                Some("\"a\\\"> b\"@example.com"),
-            ),
-            (
-                "MAIL FROM:<user%relay@example.com>",
-                Some("user%relay@example.com"),
-            ),
-            (
-                "MAIL FROM:<host!user@example.com>",
-                Some("host!user@example.com"),
-            ),
-            (
-                "MAIL FROM:<jörg@bücher.example>",
-                Some("jörg@bücher.example"),
-            ),
-            (
-                "MAIL FROM:<user@[IPv6:2001:db8::1]>",
-                Some("user@[IPv6:2001:db8::1]"),
-            ),
+            ("MAIL FROM:<@relay1.example,@[192.0.2.1]:user@example.com>", Some("user@example.com")),
+            ("MAIL FROM:<@[IPv6:2001:db8::1]:user@example.com>", Some("user@example.com")),
+            ("MAIL FROM:<\"john doe\"@example.com>", Some("\"john doe\"@example.com")),
+            ("MAIL FROM:<\"a>b\"@example.com>", Some("\"a>b\"@example.com")),
+            ("MAIL FROM:<\"a\\\"> b\"@example.com>", Some("\"a\\\"> b\"@example.com")),
+            ("MAIL FROM:<user%relay@example.com>", Some("user%relay@example.com")),
+            ("MAIL FROM:<host!user@example.com>", Some("host!user@example.com")),
+            ("MAIL FROM:<jörg@bücher.example>", Some("jörg@bücher.example")),
+            ("MAIL FROM:<user@[IPv6:2001:db8::1]>", Some("user@[IPv6:2001:db8::1]")),
         ];
         for (line, from) in cases {
-            assert_eq!(
-                parse(line),
-                Ok(mail(from, MailParams::default())),
-                "{line:?}"
-            );
+            assert_eq!(parse(line), Ok(mail(from, MailParams::default())), "{line:?}");
         }
     }
 
@@ -901,28 +792,13 @@ mod tests {
             ("MAIL FROM:<a<b@c>", "unexpected <"),
             ("MAIL FROM:<user>", "missing domain"),
             ("MAIL FROM:<postmaster>", "missing domain"),
-            (
-                "MAIL FROM:<a..b@example.com>",
-                "misplaced dot in local part",
-            ),
-            (
-                "MAIL FROM:<user@exa mple.com>",
-                "invalid character in domain",
-            ),
+            ("MAIL FROM:<a..b@example.com>", "misplaced dot in local part"),
+            ("MAIL FROM:<user@exa mple.com>", "invalid character in domain"),
             ("MAIL FROM:<@relay:>", "empty address"),
-            (
-                "MAIL FROM:<@relay user@example.com>",
-                "invalid source route",
-            ),
-            (
-                "MAIL FROM:<@bad_relay:user@example.com>",
-                "invalid source route",
-            ),
+            ("MAIL FROM:<@relay user@example.com>", "invalid source route"),
+            ("MAIL FROM:<@bad_relay:user@example.com>", "invalid source route"),
             ("MAIL FROM:<@a,b:user@example.com>", "invalid source route"),
-            (
-                "MAIL FROM:<\"unterminated@example.com>",
-                "missing closing >",
-            ),
+            ("MAIL FROM:<\"unterminated@example.com>", "missing closing >"),
         ];
         for (line, msg) in cases {
             assert_eq!(parse(line), Err(CommandError::BadSender(msg)), "{line:?}");
@@ -936,15 +812,9 @@ mod tests {
             ("rcpt to:<user@example.com>", "user@example.com"),
             ("RCPT TO: <user@example.com>", "user@example.com"),
             ("RCPT TO:user@example.com", "user@example.com"),
-            (
-                "RCPT TO:<@hop.example:user@example.com>",
-                "user@example.com",
-            ),
+            ("RCPT TO:<@hop.example:user@example.com>", "user@example.com"),
             ("RCPT TO:<postmaster@example.com>", "postmaster@example.com"),
-            (
-                "RCPT TO:<\"quoted local\"@example.com>",
-                "\"quoted local\"@example.com",
-            ),
+            ("RCPT TO:<\"quoted local\"@example.com>", "\"quoted local\"@example.com"),
             ("RCPT TO:<用户@例子.广告>", "用户@例子.广告"),
         ];
         for (line, to) in cases {
@@ -952,10 +822,7 @@ mod tests {
         }
         for pm in ["postmaster", "Postmaster", "POSTMASTER"] {
             let want = Command::Rcpt {
-                to: Address {
-                    local_part: pm.into(),
-                    domain: String::new(),
-                },
+                to: Address { local_part: pm.into(), domain: String::new() },
                 params: RcptParams::default(),
             };
             assert_eq!(parse(&format!("RCPT TO:<{pm}>")), Ok(want));
@@ -973,11 +840,7 @@ mod tests {
             ("RCPT TO:<@x:>", "empty address"),
         ];
         for (line, msg) in cases {
-            assert_eq!(
-                parse(line),
-                Err(CommandError::BadRecipient(msg)),
-                "{line:?}"
-            );
+            assert_eq!(parse(line), Err(CommandError::BadRecipient(msg)), "{line:?}");
         }
     }
 
@@ -993,10 +856,7 @@ mod tests {
             ret: Some(Ret::Headers),
             envid: Some("QQ+2Bx".into()),
             auth: Some("<>".into()),
-            unknown: vec![
-                ("X-FOO".into(), Some("bar".into())),
-                ("X-FLAG".into(), None),
-            ],
+            unknown: vec![("X-FOO".into(), Some("bar".into())), ("X-FLAG".into(), None)],
         };
         assert_eq!(got, Ok(mail(Some("a@b.example"), want)));
 
@@ -1011,10 +871,7 @@ mod tests {
         assert_eq!(p("SIZE=18446744073709551615").size, Some(u64::MAX));
         assert_eq!(p("  SIZE=1   BODY=7BIT  ").size, Some(1));
         // RCPT parameters on MAIL are just unknown.
-        assert_eq!(
-            p("NOTIFY=NEVER").unknown,
-            vec![("NOTIFY".into(), Some("NEVER".into()))]
-        );
+        assert_eq!(p("NOTIFY=NEVER").unknown, vec![("NOTIFY".into(), Some("NEVER".into()))]);
         // '=' inside a value is kept.
         assert_eq!(p("X=a=b").unknown, vec![("X".into(), Some("a=b".into()))]);
     }
@@ -1044,11 +901,7 @@ mod tests {
         ];
         for (params, msg) in cases {
             let line = format!("MAIL FROM:<a@b> {params}");
-            assert_eq!(
-                parse(&line),
-                Err(CommandError::BadParameter(msg)),
-                "{line:?}"
-            );
+            assert_eq!(parse(&line), Err(CommandError::BadParameter(msg)), "{line:?}");
         }
     }
 
@@ -1062,26 +915,14 @@ mod tests {
         assert_eq!(p("").notify, None);
         assert_eq!(p("NOTIFY=NEVER").notify, Some(vec![Never]));
         assert_eq!(p("notify=never").notify, Some(vec![Never]));
-        assert_eq!(
-            p("NOTIFY=SUCCESS,failure,Delay").notify,
-            Some(vec![Success, Failure, Delay])
-        );
+        assert_eq!(p("NOTIFY=SUCCESS,failure,Delay").notify, Some(vec![Success, Failure, Delay]));
         assert_eq!(p("NOTIFY=DELAY,SUCCESS").notify, Some(vec![Delay, Success]));
         assert_eq!(p("ORCPT=rfc822;a+40b").orcpt, Some("rfc822;a+40b".into()));
-        assert_eq!(
-            p("SIZE=10").unknown,
-            vec![("SIZE".into(), Some("10".into()))]
-        );
+        assert_eq!(p("SIZE=10").unknown, vec![("SIZE".into(), Some("10".into()))]);
 
         let bad = [
-            (
-                "NOTIFY=NEVER,SUCCESS",
-                "NOTIFY=NEVER cannot be combined with other values",
-            ),
-            (
-                "NOTIFY=FAILURE,NEVER",
-                "NOTIFY=NEVER cannot be combined with other values",
-            ),
+            ("NOTIFY=NEVER,SUCCESS", "NOTIFY=NEVER cannot be combined with other values"),
+            ("NOTIFY=FAILURE,NEVER", "NOTIFY=NEVER cannot be combined with other values"),
             ("NOTIFY", "Invalid NOTIFY parameter"),
             ("NOTIFY=", "Invalid NOTIFY parameter"),
             ("NOTIFY=SOMETIMES", "Invalid NOTIFY parameter"),
@@ -1096,102 +937,47 @@ mod tests {
         ];
         for (params, msg) in bad {
             let line = format!("RCPT TO:<a@b> {params}");
-            assert_eq!(
-                parse(&line),
-                Err(CommandError::BadParameter(msg)),
-                "{line:?}"
-            );
+            assert_eq!(parse(&line), Err(CommandError::BadParameter(msg)), "{line:?}");
         }
     }
 
     #[test]
     fn auth_and_bdat() {
-        assert_eq!(
-            parse("auth plain"),
-            Ok(Command::Auth {
-                mechanism: "PLAIN".into(),
-                initial_response: None
-            })
-        );
+        assert_eq!(parse("auth plain"), Ok(Command::Auth { mechanism: "PLAIN".into(), initial_response: None }));
         assert_eq!(
             parse("AUTH PLAIN AGZvbwBiYXI="),
-            Ok(Command::Auth {
-                mechanism: "PLAIN".into(),
-                initial_response: Some("AGZvbwBiYXI=".into())
-            })
+            Ok(Command::Auth { mechanism: "PLAIN".into(), initial_response: Some("AGZvbwBiYXI=".into()) })
         );
         assert_eq!(
             parse("AUTH external ="),
-            Ok(Command::Auth {
-                mechanism: "EXTERNAL".into(),
-                initial_response: Some("=".into())
-            })
+            Ok(Command::Auth { mechanism: "EXTERNAL".into(), initial_response: Some("=".into()) })
         );
         assert_eq!(
             parse("AUTH SCRAM-SHA-256"),
-            Ok(Command::Auth {
-                mechanism: "SCRAM-SHA-256".into(),
-                initial_response: None
-            })
+            Ok(Command::Auth { mechanism: "SCRAM-SHA-256".into(), initial_response: None })
         );
-        assert_eq!(
-            parse("BDAT 0 LAST"),
-            Ok(Command::Bdat {
-                size: 0,
-                last: true
-            })
-        );
-        assert_eq!(
-            parse("bdat 1000"),
-            Ok(Command::Bdat {
-                size: 1000,
-                last: false
-            })
-        );
-        assert_eq!(
-            parse("BDAT 12 last"),
-            Ok(Command::Bdat {
-                size: 12,
-                last: true
-            })
-        );
+        assert_eq!(parse("BDAT 0 LAST"), Ok(Command::Bdat { size: 0, last: true }));
+        assert_eq!(parse("bdat 1000"), Ok(Command::Bdat { size: 1000, last: false }));
+        assert_eq!(parse("BDAT 12 last"), Ok(Command::Bdat { size: 12, last: true }));
     }
 
     #[test]
     fn error_replies() {
         let cases = [
-            (
-                CommandError::Unrecognized,
-                "500 5.5.2 Command not recognized\r\n",
-            ),
-            (
-                CommandError::InvalidBytes,
-                "501 5.5.2 Invalid characters in command\r\n",
-            ),
-            (
-                CommandError::Syntax("Missing address"),
-                "501 5.5.4 Missing address\r\n",
-            ),
-            (
-                CommandError::BadSender("missing domain"),
-                "501 5.1.7 Bad sender address syntax: missing domain\r\n",
-            ),
+            (CommandError::Unrecognized, "500 5.5.2 Command not recognized\r\n"),
+            (CommandError::InvalidBytes, "501 5.5.2 Invalid characters in command\r\n"),
+            (CommandError::Syntax("Missing address"), "501 5.5.4 Missing address\r\n"),
+            (CommandError::BadSender("missing domain"), "501 5.1.7 Bad sender address syntax: missing domain\r\n"),
             (
                 CommandError::BadRecipient("empty recipient"),
                 "501 5.1.3 Bad recipient address syntax: empty recipient\r\n",
             ),
-            (
-                CommandError::BadParameter("Invalid SIZE parameter"),
-                "501 5.5.4 Invalid SIZE parameter\r\n",
-            ),
+            (CommandError::BadParameter("Invalid SIZE parameter"), "501 5.5.4 Invalid SIZE parameter\r\n"),
         ];
         for (e, wire) in cases {
             assert_eq!(String::from_utf8(e.reply().to_bytes()).unwrap(), wire);
         }
-        assert_eq!(
-            CommandError::Unrecognized.to_string(),
-            "Command not recognized"
-        );
+        assert_eq!(CommandError::Unrecognized.to_string(), "Command not recognized");
     }
 
     #[test]

@@ -90,13 +90,7 @@ pub struct DataSummary {
 impl DataReceiver {
     /// A receiver for one message; make a new one for each DATA command.
     pub fn new(limits: DataLimits) -> Self {
-        DataReceiver {
-            limits,
-            state: State::LineStart,
-            prev_crlf: true,
-            line_len: 0,
-            summary: DataSummary::default(),
-        }
+        DataReceiver { limits, state: State::LineStart, prev_crlf: true, line_len: 0, summary: DataSummary::default() }
     }
 
     /// Consumes from `input` (up to and including the end marker if present; never beyond it),
@@ -174,10 +168,7 @@ impl DataReceiver {
                 }
             }
         }
-        Feed {
-            consumed: i,
-            done: self.state == State::Done,
-        }
+        Feed { consumed: i, done: self.state == State::Done }
     }
 
     /// The end marker has been consumed.
@@ -264,11 +255,7 @@ fn find_line_break(hay: &[u8]) -> Option<usize> {
         }
         offset += 8;
     }
-    chunks
-        .remainder()
-        .iter()
-        .position(|&b| b == b'\n' || b == b'\r')
-        .map(|p| offset + p)
+    chunks.remainder().iter().position(|&b| b == b'\n' || b == b'\r').map(|p| offset + p)
 }
 
 /// Appends `content` dot-stuffed for transmission, followed by the end marker ".\r\n" (adding a
@@ -309,10 +296,7 @@ pub fn dot_stuff(content: &[u8], out: &mut Vec<u8>) {
 mod tests {
     use super::*;
 
-    const LIMITS: DataLimits = DataLimits {
-        max_size: 1 << 20,
-        max_line: 1000,
-    };
+    const LIMITS: DataLimits = DataLimits { max_size: 1 << 20, max_line: 1000 };
 
     struct Received {
         out: Vec<u8>,
@@ -330,22 +314,14 @@ mod tests {
         for piece in input.chunks(chunk.max(1)) {
             let feed = rx.feed(piece, &mut out);
             consumed += feed.consumed;
-            assert!(
-                feed.consumed == piece.len() || feed.done,
-                "stopped early without end"
-            );
+            assert!(feed.consumed == piece.len() || feed.done, "stopped early without end");
             if feed.done {
                 done = true;
                 break;
             }
         }
         assert_eq!(done, rx.is_done());
-        Received {
-            out,
-            consumed,
-            done,
-            summary: rx.summary(),
-        }
+        Received { out, consumed, done, summary: rx.summary() }
     }
 
     /// Runs `input` whole and in 1, 2, 3 and 7-byte chunks; all must agree.
@@ -433,29 +409,11 @@ mod tests {
         // And "\r\n.\r" completed by an LF in the next feed is the end.
         let mut rx = DataReceiver::new(LIMITS);
         let mut out = Vec::new();
-        assert_eq!(
-            rx.feed(b"a\r\n.\r", &mut out),
-            Feed {
-                consumed: 5,
-                done: false
-            }
-        );
-        assert_eq!(
-            rx.feed(b"\nX", &mut out),
-            Feed {
-                consumed: 1,
-                done: true
-            }
-        );
+        assert_eq!(rx.feed(b"a\r\n.\r", &mut out), Feed { consumed: 5, done: false });
+        assert_eq!(rx.feed(b"\nX", &mut out), Feed { consumed: 1, done: true });
         assert_eq!(out, b"a\r\n");
         // Nothing more is taken once done.
-        assert_eq!(
-            rx.feed(b"X", &mut out),
-            Feed {
-                consumed: 0,
-                done: true
-            }
-        );
+        assert_eq!(rx.feed(b"X", &mut out), Feed { consumed: 0, done: true });
     }
 
     #[test]
@@ -470,11 +428,7 @@ mod tests {
     fn unstuffing() {
         check(b"..\r\n.\r\n", b".\r\n", Some(7));
         check(b"...\r\n.\r\n", b"..\r\n", Some(8));
-        check(
-            b".foo\r\n..bar\r\nx.y\r\n.\r\n",
-            b"foo\r\n.bar\r\nx.y\r\n",
-            Some(21),
-        );
+        check(b".foo\r\n..bar\r\nx.y\r\n.\r\n", b"foo\r\n.bar\r\nx.y\r\n", Some(21));
         // After a bare LF too: the line starts there as far as we are concerned.
         check(b"a\n..b\r\n.\r\n", b"a\r\n.b\r\n", Some(10));
         // A "." line that is not the end is kept as ".".
@@ -504,10 +458,7 @@ mod tests {
 
     #[test]
     fn size_limit() {
-        let limits = DataLimits {
-            max_size: 10,
-            max_line: 1000,
-        };
+        let limits = DataLimits { max_size: 10, max_line: 1000 };
         let exact = b"01234567\r\n.\r\n";
         let r = receive(exact, exact.len(), limits);
         assert!(r.done && !r.summary.oversize);
@@ -526,10 +477,7 @@ mod tests {
 
     #[test]
     fn long_lines() {
-        let limits = DataLimits {
-            max_size: 1000,
-            max_line: 10,
-        };
+        let limits = DataLimits { max_size: 1000, max_line: 10 };
         // 8 + CRLF fits; 9 + CRLF does not; a bare LF counts as CRLF; stuffing dots do not count.
         let input = b"12345678\r\n123456789\r\n123456789\n..1234567\r\n.\r\n";
         let r = receive(input, 3, limits);
@@ -589,10 +537,6 @@ mod tests {
         let mut wire = Vec::new();
         dot_stuff(content, &mut wire);
         wire.extend_from_slice(b"QUIT\r\n");
-        check(
-            &wire,
-            b"From: a\r\n\r\n.\r\n..\r\n.x\r\nend\r\n",
-            Some(wire.len() - 6),
-        );
+        check(&wire, b"From: a\r\n\r\n.\r\n..\r\n.x\r\nend\r\n", Some(wire.len() - 6));
     }
 }

@@ -47,9 +47,7 @@ pub mod line;
 pub mod reply;
 
 pub use address::{Address, AddressError};
-pub use command::{
-    Body, Command, CommandError, MailParams, Notify, RcptParams, Ret, parse_command,
-};
+pub use command::{Body, Command, CommandError, MailParams, Notify, RcptParams, Ret, parse_command};
 pub use data::{DataLimits, DataReceiver, DataSummary, Feed, MAX_TEXT_LINE, dot_stuff};
 pub use line::{Framed, LineFramer, MAX_COMMAND_LINE};
 pub use reply::{EnhancedCode, MAX_REPLY_LINE, Reply, ReplyParseError, parse_reply};

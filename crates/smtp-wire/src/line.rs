@@ -49,10 +49,7 @@ impl LineFramer {
     /// when it is a bare LF (so the limit does not depend on the client's line ending).
     /// `max_len` is at least 2 in effect: a smaller value is treated as 2 (only empty lines fit).
     pub fn new(max_len: usize) -> Self {
-        LineFramer {
-            max_len: max_len.max(2),
-            discarding: false,
-        }
+        LineFramer { max_len: max_len.max(2), discarding: false }
     }
 
     /// True while the rest of a too-long line is being thrown away.
@@ -71,9 +68,7 @@ impl LineFramer {
                     Framed::TooLong { consumed: lf + 1 }
                 }
                 // Drop everything: the caller's buffer never grows with a hostile line.
-                None => Framed::NeedMore {
-                    consumed: buf.len(),
-                },
+                None => Framed::NeedMore { consumed: buf.len() },
             };
         }
         let max_content = self.max_len - 2;
@@ -82,18 +77,11 @@ impl LineFramer {
         let window = &buf[..buf.len().min(max_content + 2)];
         match window.iter().position(|&b| b == b'\n') {
             Some(lf) => {
-                let len = if lf > 0 && buf[lf - 1] == b'\r' {
-                    lf - 1
-                } else {
-                    lf
-                };
+                let len = if lf > 0 && buf[lf - 1] == b'\r' { lf - 1 } else { lf };
                 if len > max_content {
                     Framed::TooLong { consumed: lf + 1 }
                 } else {
-                    Framed::Line {
-                        len,
-                        consumed: lf + 1,
-                    }
+                    Framed::Line { len, consumed: lf + 1 }
                 }
             }
             None => {
@@ -166,13 +154,7 @@ mod tests {
         assert_eq!(f.poll(b""), Framed::NeedMore { consumed: 0 });
         assert_eq!(f.poll(b"NOOP"), Framed::NeedMore { consumed: 0 });
         assert_eq!(f.poll(b"NOOP\r"), Framed::NeedMore { consumed: 0 });
-        assert_eq!(
-            f.poll(b"NOOP\r\n"),
-            Framed::Line {
-                len: 4,
-                consumed: 6
-            }
-        );
+        assert_eq!(f.poll(b"NOOP\r\n"), Framed::Line { len: 4, consumed: 6 });
     }
 
     #[test]
@@ -181,24 +163,12 @@ mod tests {
         let eight = "a".repeat(8);
         let nine = "a".repeat(9);
         for term in ["\r\n", "\n"] {
-            assert_eq!(
-                run(10, &[format!("{eight}{term}").as_bytes()]),
-                vec![line(&eight)]
-            );
-            assert_eq!(
-                run(10, &[format!("{nine}{term}").as_bytes()]),
-                vec![Err(())]
-            );
+            assert_eq!(run(10, &[format!("{eight}{term}").as_bytes()]), vec![line(&eight)]);
+            assert_eq!(run(10, &[format!("{nine}{term}").as_bytes()]), vec![Err(())]);
         }
         let mut f = LineFramer::new(512);
         let ok = format!("{}\r\n", "x".repeat(510));
-        assert_eq!(
-            f.poll(ok.as_bytes()),
-            Framed::Line {
-                len: 510,
-                consumed: 512
-            }
-        );
+        assert_eq!(f.poll(ok.as_bytes()), Framed::Line { len: 510, consumed: 512 });
         let long = format!("{}\r\n", "x".repeat(511));
         assert_eq!(f.poll(long.as_bytes()), Framed::TooLong { consumed: 513 });
     }
@@ -207,17 +177,9 @@ mod tests {
     fn over_limit_is_discarded_and_reported_once() {
         let long = "a".repeat(100);
         let input = format!("NOOP\r\n{long}\r\nQUIT\r\n");
-        assert_eq!(
-            run(20, &[input.as_bytes()]),
-            vec![line("NOOP"), Err(()), line("QUIT")]
-        );
+        assert_eq!(run(20, &[input.as_bytes()]), vec![line("NOOP"), Err(()), line("QUIT")]);
         // Arriving in pieces: the tail of the long line must not become a command.
-        let chunks: Vec<&[u8]> = vec![
-            b"NOOP\r\n",
-            &long.as_bytes()[..50],
-            b"aaaaaaaaaa",
-            b"RSET\r\nQUIT\r\n",
-        ];
+        let chunks: Vec<&[u8]> = vec![b"NOOP\r\n", &long.as_bytes()[..50], b"aaaaaaaaaa", b"RSET\r\nQUIT\r\n"];
         assert_eq!(run(20, &chunks), vec![line("NOOP"), Err(()), line("QUIT")]);
     }
 
@@ -233,13 +195,7 @@ mod tests {
         assert_eq!(f.poll(b"bbb"), Framed::NeedMore { consumed: 3 });
         assert_eq!(f.poll(b"b\r\nNOOP\r\n"), Framed::TooLong { consumed: 3 });
         assert!(!f.is_discarding());
-        assert_eq!(
-            f.poll(b"NOOP\r\n"),
-            Framed::Line {
-                len: 4,
-                consumed: 6
-            }
-        );
+        assert_eq!(f.poll(b"NOOP\r\n"), Framed::Line { len: 4, consumed: 6 });
     }
 
     #[test]
@@ -248,12 +204,7 @@ mod tests {
         let chunks: Vec<&[u8]> = input.chunks(1).collect();
         assert_eq!(
             run(512, &chunks),
-            vec![
-                line("EHLO client.example"),
-                line("MAIL FROM:<a@b>"),
-                line("RCPT TO:<c@d>"),
-                line("DATA")
-            ]
+            vec![line("EHLO client.example"), line("MAIL FROM:<a@b>"), line("RCPT TO:<c@d>"), line("DATA")]
         );
         let long = [b'x'; 600];
         let mut input = long.to_vec();

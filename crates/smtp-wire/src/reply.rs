@@ -27,11 +27,7 @@ pub struct EnhancedCode {
 impl EnhancedCode {
     /// Builds a code without validation (used for constants; the caller knows what it writes).
     pub const fn new(class: u8, subject: u16, detail: u16) -> Self {
-        EnhancedCode {
-            class,
-            subject,
-            detail,
-        }
+        EnhancedCode { class, subject, detail }
     }
 
     /// Parses `x.y.z` exactly (no surrounding text). The class must be 2, 4 or 5 and the
@@ -51,11 +47,7 @@ impl EnhancedCode {
             "5" => 5,
             _ => return None,
         };
-        Some(EnhancedCode {
-            class,
-            subject: parse_subcode(subject)?,
-            detail: parse_subcode(detail)?,
-        })
+        Some(EnhancedCode { class, subject: parse_subcode(subject)?, detail: parse_subcode(detail)? })
     }
 }
 
@@ -90,9 +82,7 @@ pub struct Reply {
 /// forge further reply lines; the other controls have no business in a reply and confuse logs.
 fn sanitise(text: String) -> String {
     if text.chars().any(char::is_control) {
-        text.chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .collect()
+        text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
     } else {
         // The common case: no copy.
         text
@@ -102,22 +92,12 @@ fn sanitise(text: String) -> String {
 impl Reply {
     /// Single-line reply. Text is sanitised: CR, LF and other control chars replaced by space.
     pub fn new(code: u16, enhanced: Option<EnhancedCode>, text: impl Into<String>) -> Self {
-        Reply {
-            code,
-            enhanced,
-            lines: vec![sanitise(text.into())],
-        }
+        Reply { code, enhanced, lines: vec![sanitise(text.into())] }
     }
 
     /// Convenience for a single-line reply with an enhanced code:
     /// `Reply::with_code(250, 2, 0, 0, "Ok")` is `250 2.0.0 Ok`.
-    pub fn with_code(
-        code: u16,
-        class: u8,
-        subject: u16,
-        detail: u16,
-        text: impl Into<String>,
-    ) -> Self {
+    pub fn with_code(code: u16, class: u8, subject: u16, detail: u16, text: impl Into<String>) -> Self {
         Reply::new(code, Some(EnhancedCode::new(class, subject, detail)), text)
     }
 
@@ -129,11 +109,7 @@ impl Reply {
 
     /// Multi-line reply (e.g. the EHLO response). Every line is sanitised like [`Reply::new`].
     pub fn multiline(code: u16, enhanced: Option<EnhancedCode>, lines: Vec<String>) -> Self {
-        Reply {
-            code,
-            enhanced,
-            lines: lines.into_iter().map(sanitise).collect(),
-        }
+        Reply { code, enhanced, lines: lines.into_iter().map(sanitise).collect() }
     }
 
     /// Appends the wire form: `250-first\r\n250 last\r\n`; the enhanced code (if any) is put after
@@ -142,11 +118,7 @@ impl Reply {
     pub fn write_to(&self, out: &mut Vec<u8>) {
         // Treat "no lines" as one empty line so there is exactly one rule for every line.
         let empty = [String::new()];
-        let lines: &[String] = if self.lines.is_empty() {
-            &empty
-        } else {
-            &self.lines
-        };
+        let lines: &[String] = if self.lines.is_empty() { &empty } else { &self.lines };
         let last = lines.len() - 1;
         for (i, line) in lines.iter().enumerate() {
             let sep = if i == last { ' ' } else { '-' };
@@ -159,10 +131,7 @@ impl Reply {
             // the way out too. Only CR/LF could break framing; map them without allocating when
             // there are none.
             if line.bytes().any(|b| b == b'\r' || b == b'\n') {
-                out.extend(
-                    line.bytes()
-                        .map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
-                );
+                out.extend(line.bytes().map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }));
             } else {
                 out.extend_from_slice(line.as_bytes());
             }
@@ -172,8 +141,7 @@ impl Reply {
 
     /// The wire form as a new buffer; see [`Reply::write_to`].
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out =
-            Vec::with_capacity(16 + self.lines.iter().map(|l| l.len() + 16).sum::<usize>());
+        let mut out = Vec::with_capacity(16 + self.lines.iter().map(|l| l.len() + 16).sum::<usize>());
         self.write_to(&mut out);
         out
     }
@@ -256,9 +224,7 @@ fn check_line_start(line: &[u8], complete: bool) -> Result<Option<u16>, ReplyPar
     if line.len() < 3 {
         return Ok(None);
     }
-    let code = line[..3]
-        .iter()
-        .fold(0u16, |acc, &d| acc * 10 + u16::from(d - b'0'));
+    let code = line[..3].iter().fold(0u16, |acc, &d| acc * 10 + u16::from(d - b'0'));
     if !(200..=599).contains(&code) {
         return Err(err(format!("reply code {code} out of range")));
     }
@@ -311,14 +277,7 @@ pub fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, ReplyParseError
     }
     let code = code.expect("at least one line was parsed");
     let enhanced = strip_enhanced(code, &mut lines);
-    Ok(Some((
-        Reply {
-            code,
-            enhanced,
-            lines,
-        },
-        pos,
-    )))
+    Ok(Some((Reply { code, enhanced, lines }, pos)))
 }
 
 /// The enhanced code at the start of `text` and the length of the prefix it occupies (code plus
@@ -358,9 +317,7 @@ mod tests {
     use super::*;
 
     fn parse_ok(input: &[u8]) -> (Reply, usize) {
-        parse_reply(input)
-            .expect("parse error")
-            .expect("incomplete")
+        parse_reply(input).expect("parse error").expect("incomplete")
     }
 
     #[test]
@@ -384,11 +341,7 @@ mod tests {
         ];
         for (input, want) in cases {
             let got = EnhancedCode::parse(input);
-            assert_eq!(
-                got,
-                want.map(|(c, s, d)| EnhancedCode::new(c, s, d)),
-                "{input:?}"
-            );
+            assert_eq!(got, want.map(|(c, s, d)| EnhancedCode::new(c, s, d)), "{input:?}");
             if let Some(code) = got {
                 assert_eq!(code.to_string(), *input);
             }
@@ -398,42 +351,22 @@ mod tests {
     #[test]
     fn formatting_single_line() {
         assert_eq!(Reply::new(250, None, "Ok").to_bytes(), b"250 Ok\r\n");
-        assert_eq!(
-            Reply::with_code(250, 2, 0, 0, "Ok").to_bytes(),
-            b"250 2.0.0 Ok\r\n"
-        );
-        assert_eq!(
-            Reply::enhanced(550, (5, 1, 1), "No such user").to_bytes(),
-            b"550 5.1.1 No such user\r\n"
-        );
+        assert_eq!(Reply::with_code(250, 2, 0, 0, "Ok").to_bytes(), b"250 2.0.0 Ok\r\n");
+        assert_eq!(Reply::enhanced(550, (5, 1, 1), "No such user").to_bytes(), b"550 5.1.1 No such user\r\n");
     }
 
     #[test]
     fn formatting_multiline() {
-        let r = Reply::multiline(
-            250,
-            None,
-            vec!["mx.example".into(), "PIPELINING".into(), "8BITMIME".into()],
-        );
-        assert_eq!(
-            r.to_bytes(),
-            b"250-mx.example\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
-        );
-        let r = Reply::multiline(
-            451,
-            Some(EnhancedCode::new(4, 3, 0)),
-            vec!["first".into(), "last".into()],
-        );
+        let r = Reply::multiline(250, None, vec!["mx.example".into(), "PIPELINING".into(), "8BITMIME".into()]);
+        assert_eq!(r.to_bytes(), b"250-mx.example\r\n250-PIPELINING\r\n250 8BITMIME\r\n");
+        let r = Reply::multiline(451, Some(EnhancedCode::new(4, 3, 0)), vec!["first".into(), "last".into()]);
         assert_eq!(r.to_bytes(), b"451-4.3.0 first\r\n451 4.3.0 last\r\n");
     }
 
     #[test]
     fn formatting_empty_lines() {
         assert_eq!(Reply::multiline(250, None, vec![]).to_bytes(), b"250 \r\n");
-        assert_eq!(
-            Reply::multiline(250, Some(EnhancedCode::new(2, 0, 0)), vec![]).to_bytes(),
-            b"250 2.0.0 \r\n"
-        );
+        assert_eq!(Reply::multiline(250, Some(EnhancedCode::new(2, 0, 0)), vec![]).to_bytes(), b"250 2.0.0 \r\n");
     }
 
     #[test]
@@ -444,21 +377,13 @@ mod tests {
         let r = Reply::multiline(250, None, vec!["a\nb".into(), "c\u{85}d".into()]);
         assert_eq!(r.lines, vec!["a b".to_string(), "c d".to_string()]);
         // Fields are public: write_to still refuses to emit a bare CR/LF.
-        let r = Reply {
-            code: 250,
-            enhanced: None,
-            lines: vec!["x\r\ny".into()],
-        };
+        let r = Reply { code: 250, enhanced: None, lines: vec!["x\r\ny".into()] };
         assert_eq!(r.to_bytes(), b"250 x  y\r\n");
     }
 
     #[test]
     fn display_and_text() {
-        let r = Reply::multiline(
-            550,
-            Some(EnhancedCode::new(5, 1, 1)),
-            vec!["text line1".into(), "text line2".into()],
-        );
+        let r = Reply::multiline(550, Some(EnhancedCode::new(5, 1, 1)), vec!["text line1".into(), "text line2".into()]);
         assert_eq!(r.to_string(), "550 5.1.1 text line1 text line2");
         assert_eq!(r.text(), "text line1 text line2");
         assert_eq!(Reply::new(250, None, "Ok").to_string(), "250 Ok");
@@ -498,8 +423,7 @@ mod tests {
 
     #[test]
     fn parse_multiline_with_enhanced() {
-        let input =
-            b"550-5.7.1 Message rejected\r\n550-5.7.1 see https://x\r\n550 5.7.1 policy\r\nXX";
+        let input = b"550-5.7.1 Message rejected\r\n550-5.7.1 see https://x\r\n550 5.7.1 policy\r\nXX";
         let (r, n) = parse_ok(input);
         assert_eq!(n, input.len() - 2);
         assert_eq!(r.code, 550);
@@ -511,20 +435,11 @@ mod tests {
 
     #[test]
     fn parse_ehlo_response() {
-        let input =
-            b"250-mx.example Hello\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250 STARTTLS\r\n";
+        let input = b"250-mx.example Hello\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250 STARTTLS\r\n";
         let (r, n) = parse_ok(input);
         assert_eq!(n, input.len());
         assert_eq!(r.enhanced, None);
-        assert_eq!(
-            r.lines,
-            vec![
-                "mx.example Hello",
-                "PIPELINING",
-                "SIZE 10240000",
-                "STARTTLS"
-            ]
-        );
+        assert_eq!(r.lines, vec!["mx.example Hello", "PIPELINING", "SIZE 10240000", "STARTTLS"]);
     }
 
     #[test]
@@ -589,11 +504,7 @@ mod tests {
             b"250\rx\r\n",
         ];
         for input in bad {
-            assert!(
-                parse_reply(input).is_err(),
-                "{:?} should fail",
-                String::from_utf8_lossy(input)
-            );
+            assert!(parse_reply(input).is_err(), "{:?} should fail", String::from_utf8_lossy(input));
         }
     }
 

@@ -50,12 +50,7 @@ fn chunk_sizes() -> impl Strategy<Value = Vec<usize>> {
 
 /// Feeds `input` cycling through `sizes` as chunk lengths. Returns output, bytes consumed and
 /// whether the end marker was reached.
-fn feed_chunked(
-    rx: &mut DataReceiver,
-    input: &[u8],
-    sizes: &[usize],
-    out: &mut Vec<u8>,
-) -> (usize, bool) {
+fn feed_chunked(rx: &mut DataReceiver, input: &[u8], sizes: &[usize], out: &mut Vec<u8>) -> (usize, bool) {
     let mut pos = 0;
     let mut k = 0;
     while pos < input.len() {
@@ -214,35 +209,28 @@ fn unknown_params() -> impl Strategy<Value = Vec<(String, Option<String>)>> {
 fn mail_params() -> impl Strategy<Value = MailParams> {
     (
         prop::option::of(any::<u64>()),
-        prop::option::of(prop::sample::select(vec![
-            Body::SevenBit,
-            Body::EightBitMime,
-            Body::BinaryMime,
-        ])),
+        prop::option::of(prop::sample::select(vec![Body::SevenBit, Body::EightBitMime, Body::BinaryMime])),
         any::<bool>(),
         prop::option::of(prop::sample::select(vec![Ret::Full, Ret::Headers])),
         prop::option::of(xtext()),
         prop::option::of(xtext()),
         unknown_params(),
     )
-        .prop_map(
-            |(size, body, smtputf8, ret, envid, auth, unknown)| MailParams {
-                size,
-                body,
-                smtputf8,
-                ret,
-                envid,
-                auth,
-                unknown,
-            },
-        )
+        .prop_map(|(size, body, smtputf8, ret, envid, auth, unknown)| MailParams {
+            size,
+            body,
+            smtputf8,
+            ret,
+            envid,
+            auth,
+            unknown,
+        })
 }
 
 fn notify() -> impl Strategy<Value = Vec<Notify>> {
     prop_oneof![
         Just(vec![Notify::Never]),
-        prop::sample::subsequence(vec![Notify::Success, Notify::Failure, Notify::Delay], 1..=3)
-            .prop_shuffle(),
+        prop::sample::subsequence(vec![Notify::Success, Notify::Failure, Notify::Delay], 1..=3).prop_shuffle(),
     ]
 }
 
@@ -252,11 +240,7 @@ fn rcpt_params() -> impl Strategy<Value = RcptParams> {
         prop::option::of(("[a-zA-Z0-9-]{1,8}", xtext()).prop_map(|(t, x)| format!("{t};{x}"))),
         unknown_params(),
     )
-        .prop_map(|(notify, orcpt, unknown)| RcptParams {
-            notify,
-            orcpt,
-            unknown,
-        })
+        .prop_map(|(notify, orcpt, unknown)| RcptParams { notify, orcpt, unknown })
 }
 
 fn recipient() -> impl Strategy<Value = Address> {
@@ -277,8 +261,7 @@ fn command() -> impl Strategy<Value = Command> {
     prop_oneof![
         "[!-~]{1,30}".prop_map(Command::Ehlo),
         "[!-~]{1,30}".prop_map(Command::Helo),
-        (prop::option::of(address()), mail_params())
-            .prop_map(|(from, params)| Command::Mail { from, params }),
+        (prop::option::of(address()), mail_params()).prop_map(|(from, params)| Command::Mail { from, params }),
         (recipient(), rcpt_params()).prop_map(|(to, params)| Command::Rcpt { to, params }),
         Just(Command::Data),
         Just(Command::Rset),
@@ -288,14 +271,12 @@ fn command() -> impl Strategy<Value = Command> {
         text_arg().prop_map(Command::Vrfy),
         text_arg().prop_map(Command::Expn),
         prop::option::of(text_arg()).prop_map(Command::Help),
-        (
-            "[A-Z0-9_-]{1,20}",
-            prop::option::of("[A-Za-z0-9+/]{0,30}={0,2}|=")
-        )
-            .prop_map(|(mechanism, initial_response)| Command::Auth {
+        ("[A-Z0-9_-]{1,20}", prop::option::of("[A-Za-z0-9+/]{0,30}={0,2}|=")).prop_map(
+            |(mechanism, initial_response)| Command::Auth {
                 mechanism,
                 initial_response: initial_response.filter(|s| !s.is_empty()),
-            }),
+            }
+        ),
         (any::<u64>(), any::<bool>()).prop_map(|(size, last)| Command::Bdat { size, last }),
     ]
 }
@@ -359,8 +340,7 @@ fn reply() -> impl Strategy<Value = Reply> {
     )
         .prop_map(|(code, with_enhanced, subject, detail, lines)| {
             let class = (code / 100) as u8;
-            let enhanced =
-                (with_enhanced && class != 3).then(|| EnhancedCode::new(class, subject, detail));
+            let enhanced = (with_enhanced && class != 3).then(|| EnhancedCode::new(class, subject, detail));
             Reply::multiline(code, enhanced, lines)
         })
 }
