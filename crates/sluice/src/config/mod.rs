@@ -124,6 +124,9 @@ pub struct ListenerConfig {
     pub address: SocketAddr,
     pub tls: ListenerTls,
     pub tls_config: Option<Arc<rustls::ServerConfig>>,
+    /// OpenSSL instead of rustls, accepting TLS 1.0 and 1.1 too (`insecure_legacy_tls`).
+    #[cfg(feature = "legacy-tls")]
+    pub legacy_tls: Option<Arc<openssl::ssl::SslAcceptor>>,
     pub allowed_networks: Vec<IpNet>,
     pub auth: bool,
     pub insecure_allow_plaintext_auth: bool,
@@ -276,6 +279,33 @@ fn resolve(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
                 "max_connections, max_connections_per_client, max_recipients and max_message_size must be > 0",
             ));
         }
+        if l.insecure_legacy_tls {
+            if tls_config.is_none() {
+                return Err(invalid(format!("{key}.insecure_legacy_tls"), "needs tls = \"starttls\" or \"implicit\""));
+            }
+            if l.client_ca_file.is_some() {
+                return Err(invalid(
+                    format!("{key}.insecure_legacy_tls"),
+                    "client certificates are not supported on a legacy TLS listener",
+                ));
+            }
+            if !cfg!(feature = "legacy-tls") {
+                return Err(invalid(
+                    format!("{key}.insecure_legacy_tls"),
+                    "this sluice was built without the legacy-tls feature (cargo build --features legacy-tls)",
+                ));
+            }
+            warnings.push(format!(
+                "{key} ({address}): insecure_legacy_tls accepts TLS 1.0 and 1.1, which are broken; use it only for devices that can do nothing newer"
+            ));
+        }
+        #[cfg(feature = "legacy-tls")]
+        let legacy_tls = match (&l.cert_file, &l.key_file) {
+            (Some(cert), Some(keyf)) if l.insecure_legacy_tls => {
+                Some(Arc::new(legacy_tls_acceptor(&base.join(cert), &base.join(keyf), &key)?))
+            }
+            _ => None,
+        };
         if l.client_ca_file.is_some() && tls_config.is_none() {
             return Err(invalid(
                 format!("{key}.client_ca_file"),
@@ -308,6 +338,8 @@ fn resolve(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
             address,
             tls: l.tls,
             tls_config,
+            #[cfg(feature = "legacy-tls")]
+            legacy_tls,
             allowed_networks,
             auth: l.auth,
             insecure_allow_plaintext_auth: l.insecure_allow_plaintext_auth,
@@ -510,6 +542,22 @@ fn server_tls(
         }
     };
     builder.with_single_cert(certs, key_der).map_err(|e| invalid(format!("{config_key}.key_file"), e))
+}
+
+/// An OpenSSL acceptor for TLS 1.0 to 1.3. OpenSSL 3 refuses TLS 1.0/1.1 at its default security
+/// level, so the level is lowered for this acceptor alone.
+#[cfg(feature = "legacy-tls")]
+fn legacy_tls_acceptor(cert: &Path, key: &Path, config_key: &str) -> Result<openssl::ssl::SslAcceptor, ConfigError> {
+    use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod, SslVersion};
+    let err = |what: &str, e: openssl::error::ErrorStack| invalid(format!("{config_key}.{what}"), e);
+    let mut builder = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).map_err(|e| err("tls", e))?;
+    builder.set_security_level(0);
+    builder.set_cipher_list("DEFAULT:@SECLEVEL=0").map_err(|e| err("tls", e))?;
+    builder.set_min_proto_version(Some(SslVersion::TLS1)).map_err(|e| err("tls", e))?;
+    builder.set_certificate_chain_file(cert).map_err(|e| err("cert_file", e))?;
+    builder.set_private_key_file(key, SslFiletype::PEM).map_err(|e| err("key_file", e))?;
+    builder.check_private_key().map_err(|e| err("key_file", e))?;
+    Ok(builder.build())
 }
 
 fn client_tls(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, ConfigError> {

@@ -96,6 +96,10 @@ pub struct RawListener {
     /// Wait this long before the greeting; a client that talks first is a bot and is disconnected.
     #[serde(default, with = "humantime_serde")]
     pub greeting_delay: Duration,
+    /// Also accept TLS 1.0 and 1.1 on this listener, for devices that know nothing newer. Uses OpenSSL
+    /// (sluice must be built with the `legacy-tls` feature); other listeners stay TLS 1.2+.
+    #[serde(default)]
+    pub insecure_legacy_tls: bool,
     /// PEM file of the CA(s) whose client certificates identify devices (see [[certificate]]).
     pub client_ca_file: Option<PathBuf>,
     /// With `client_ca_file`: "optional" (default) or "required" (no certificate, no TLS session).

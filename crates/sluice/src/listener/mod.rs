@@ -6,6 +6,8 @@
 mod auth;
 mod data;
 mod ehlo;
+#[cfg(feature = "legacy-tls")]
+mod legacy;
 mod mail;
 mod proxy;
 mod rcpt;
@@ -122,27 +124,11 @@ async fn handle(mut tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>)
         }
     };
     let ended = match ctx.config.tls {
-        ListenerTls::Implicit => match tls_accept(tcp, &ctx).await {
-            Ok((tls, info, identity)) => {
-                let mut state = SessionState::new(ctx.clone(), peer, Some(info));
-                state.cert_identity = identity;
-                finish(Session::new(tls, state).run().await)
-            }
-            Err(e) => {
-                warn!(client = %peer, error = %e, "TLS handshake failed");
-                return;
-            }
-        },
+        ListenerTls::Implicit => run_tls(tcp, &ctx, SessionState::new(ctx.clone(), peer, None)).await,
         ListenerTls::None | ListenerTls::Starttls => {
             match Session::new(tcp, SessionState::new(ctx.clone(), peer, None)).run().await {
                 Ended::Closed(state, why) => (state, why),
-                Ended::StartTls(tcp, state) => match tls_accept(tcp, &ctx).await {
-                    Ok((tls, info, identity)) => finish(Session::new(tls, state.after_tls(info, identity)).run().await),
-                    Err(e) => {
-                        warn!(client = %peer, error = %e, "TLS handshake after STARTTLS failed");
-                        (state, "TLS handshake failed")
-                    }
-                },
+                Ended::StartTls(tcp, state) => run_tls(tcp, &ctx, state).await,
             }
         }
     };
@@ -160,6 +146,31 @@ async fn handle(mut tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>)
         duration_ms = started.elapsed().as_millis() as u64,
         "session"
     );
+}
+
+/// Does the TLS handshake (implicit TLS, or after STARTTLS) and runs the session on the encrypted stream.
+async fn run_tls<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    stream: S,
+    ctx: &Arc<ListenerContext>,
+    state: SessionState,
+) -> (SessionState, &'static str) {
+    #[cfg(feature = "legacy-tls")]
+    if let Some(acceptor) = &ctx.config.legacy_tls {
+        return match legacy::accept(stream, acceptor).await {
+            Ok((tls, info)) => finish(Session::new(tls, state.after_tls(info, None)).run().await),
+            Err(e) => {
+                warn!(client = %state.peer, error = %e, "TLS handshake (legacy TLS listener) failed");
+                (state, "TLS handshake failed")
+            }
+        };
+    }
+    match tls_accept(stream, ctx).await {
+        Ok((tls, info, identity)) => finish(Session::new(tls, state.after_tls(info, identity)).run().await),
+        Err(e) => {
+            warn!(client = %state.peer, error = %e, "TLS handshake failed");
+            (state, "TLS handshake failed")
+        }
+    }
 }
 
 /// A session on a TLS stream cannot upgrade again; STARTTLS there was already refused with 503.
