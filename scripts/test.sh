@@ -15,11 +15,14 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 PYTHON="${SLUICE_TEST_PYTHON:-python3}"
-APT_PACKAGES=(postfix swaks libnet-ssleay-perl strace)
+APT_PACKAGES=(libssl-dev pkg-config openssl postfix swaks libnet-ssleay-perl strace)
 PIP_REQUIREMENT='aiosmtpd>=1.4,<2'
 
 missing_apt() {
     local missing=()
+    dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
+    command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
     [ -x /usr/sbin/smtp-sink ] || command -v smtp-sink >/dev/null 2>&1 || missing+=(postfix)
     command -v swaks >/dev/null 2>&1 || missing+=(swaks)
     perl -MNet::SSLeay -e 1 >/dev/null 2>&1 || missing+=(libnet-ssleay-perl)
@@ -103,4 +106,8 @@ if [ "${1:-}" = "--install-only" ]; then
 fi
 
 ensure_peers
-exec cargo test --workspace --locked --no-fail-fast "$@"
+cargo test --workspace --locked --no-fail-fast "$@"
+if [ "$#" -eq 0 ]; then
+    # The TLS 1.0/1.1 listener is behind a cargo feature (it links OpenSSL); test it with the feature on.
+    cargo test -p sluice --locked --features legacy-tls --test legacy_tls
+fi

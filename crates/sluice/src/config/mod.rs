@@ -548,9 +548,11 @@ fn server_tls(
 /// level, so the level is lowered for this acceptor alone.
 #[cfg(feature = "legacy-tls")]
 fn legacy_tls_acceptor(cert: &Path, key: &Path, config_key: &str) -> Result<openssl::ssl::SslAcceptor, ConfigError> {
-    use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod, SslVersion};
+    use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod, SslOptions, SslVersion};
     let err = |what: &str, e: openssl::error::ErrorStack| invalid(format!("{config_key}.{what}"), e);
     let mut builder = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).map_err(|e| err("tls", e))?;
+    // Mozilla's "intermediate" profile switches the old versions off with options; switch them back on.
+    builder.clear_options(SslOptions::NO_TLSV1 | SslOptions::NO_TLSV1_1);
     builder.set_security_level(0);
     builder.set_cipher_list("DEFAULT:@SECLEVEL=0").map_err(|e| err("tls", e))?;
     builder.set_min_proto_version(Some(SslVersion::TLS1)).map_err(|e| err("tls", e))?;
