@@ -43,6 +43,19 @@ enum Command {
     Passwd,
     /// Print the embedded default configuration.
     DefaultConfig,
+    /// Start a simulated Microsoft 365 and a relay in front of it, send three messages as three kinds
+    /// of device, show what happened, and keep both running for you to try (Ctrl-C stops).
+    Demo {
+        /// Port of the demo relay's LAN listener (0: any free port).
+        #[arg(long, default_value_t = 2525)]
+        lan_port: u16,
+        /// Port of the demo relay's STARTTLS + AUTH listener (0: any free port).
+        #[arg(long, default_value_t = 2587)]
+        submission_port: u16,
+        /// Exit once the three messages are settled.
+        #[arg(long)]
+        once: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -55,6 +68,31 @@ fn main() -> ExitCode {
         Command::DefaultConfig => {
             print!("{}", config::EMBEDDED_DEFAULT);
             ExitCode::SUCCESS
+        }
+        Command::Demo { lan_port, submission_port, once } => {
+            let options = sluice::demo::DemoOptions { lan_port, submission_port, once };
+            block_on(async move {
+                let shutdown = CancellationToken::new();
+                sluice::server::cancel_on_signals(shutdown.clone());
+                sluice::demo::run(options, shutdown).await
+            })
+        }
+    }
+}
+
+/// Runs a future on a multi-threaded runtime, turning an error into exit status 1.
+fn block_on(future: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => match runtime.block_on(future) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sluice: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("sluice: cannot start the runtime: {e}");
+            ExitCode::FAILURE
         }
     }
 }

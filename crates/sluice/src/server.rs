@@ -21,6 +21,16 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// Runs the relay until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_with(config, shutdown, |_| {}).await
+}
+
+/// Like [`run`], and hands the queue to `ready` once every listener is bound (for an embedding
+/// program such as the demo, which watches delivery events).
+pub async fn run_with(
+    config: Config,
+    shutdown: CancellationToken,
+    ready: impl FnOnce(&Scheduler),
+) -> anyhow::Result<()> {
     for warning in &config.warnings {
         warn!("{warning}");
     }
@@ -75,6 +85,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         listeners.spawn(listener::serve(socket, ctx, sessions.clone()));
     }
     info!(upstream = %config.upstream.display_name(), hostname = %config.hostname, "sluice is running");
+    ready(&scheduler);
 
     shutdown.cancelled().await;
     info!("shutting down: no new connections; waiting for sessions in flight");

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{TimeZone, Utc};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, broadcast};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -41,6 +41,21 @@ struct Inner {
     /// error instead of each opening its own doomed connection (a queue of thousands would otherwise
     /// hammer a host that is down).
     upstream_down: Mutex<Option<(Instant, TransportError)>>,
+    /// Every per-recipient verdict, for whoever watches (the demo today; status pages, metrics).
+    events: broadcast::Sender<DeliveryEvent>,
+}
+
+/// What happened to one recipient in one delivery attempt.
+#[derive(Debug, Clone)]
+pub struct DeliveryEvent {
+    pub queue_id: String,
+    pub sender: String,
+    pub recipient: String,
+    pub disposition: Disposition,
+    /// The upstream's reply or the transport error, in one line.
+    pub reply: String,
+    /// For a failure: the queue id of the DSN sent back, if one was queued.
+    pub bounce_id: Option<String>,
 }
 
 /// How long an unreachable upstream is left alone before the next connection attempt.
@@ -71,6 +86,7 @@ impl Scheduler {
                 queue: Mutex::new(Queue::default()),
                 wake: Notify::new(),
                 upstream_down: Mutex::new(None),
+                events: broadcast::channel(1024).0,
             }),
         }
     }
@@ -83,6 +99,11 @@ impl Scheduler {
             queue.waiting.insert(record.id.clone(), record);
         }
         self.inner.wake.notify_one();
+    }
+
+    /// A stream of per-recipient verdicts from now on (lagging receivers lose the oldest).
+    pub fn subscribe(&self) -> broadcast::Receiver<DeliveryEvent> {
+        self.inner.events.subscribe()
     }
 
     /// Number of messages waiting (not counting those being delivered right now).
@@ -252,6 +273,7 @@ impl Inner {
         let mut failed = Vec::new();
         let (mut delivered, mut deferred) = (0usize, 0usize);
         let mut summary = None;
+        let mut verdicts = Vec::new();
         for (index, outcome) in results {
             let rcpt = &mut record.recipients[index];
             let text = outcome.describe();
@@ -274,6 +296,14 @@ impl Inner {
             if summary.is_none() || classify(&outcome) != Disposition::Delivered {
                 summary = Some(text.clone());
             }
+            verdicts.push(DeliveryEvent {
+                queue_id: record.id.clone(),
+                sender: record.sender.clone(),
+                recipient: rcpt.address.clone(),
+                disposition: classify(&outcome),
+                reply: text.clone(),
+                bounce_id: None,
+            });
             rcpt.last_reply = Some(text);
         }
         record.last_reply = summary;
@@ -289,11 +319,19 @@ impl Inner {
             "delivery attempt"
         );
         record.attempts += 1;
-        self.finish_attempt(record, failed).await;
+        let bounce_id = self.finish_attempt(record, failed).await;
+        for mut event in verdicts {
+            if event.disposition == Disposition::Permanent {
+                event.bounce_id = bounce_id.clone();
+            }
+            let _ = self.events.send(event);
+        }
     }
 
     /// Applies the retry policy, queues a DSN for what failed, and persists the new state.
-    async fn finish_attempt(&self, mut record: QueueRecord, mut failed: Vec<FailedRecipient>) {
+    /// Returns the queue id of the DSN it queued, if any.
+    async fn finish_attempt(&self, mut record: QueueRecord, mut failed: Vec<FailedRecipient>) -> Option<String> {
+        let mut bounce_id = None;
         let now = now_ms();
         if !record.is_finished() {
             let age = Duration::from_millis(now.saturating_sub(record.received_at_ms));
@@ -323,7 +361,7 @@ impl Inner {
         if !failed.is_empty() {
             if record.is_bounce() {
                 warn!(queue_id = %record.id, "a bounce could not be delivered; it is dropped (no bounce of a bounce)");
-            } else if let Err(e) = self.queue_dsn(&record, &failed).await {
+            } else if let Err(e) = self.queue_dsn(&record, &failed).await.map(|id| bounce_id = Some(id)) {
                 // Without the DSN durable the failure must not be forgotten: keep the recipients pending
                 // and try the whole thing again later.
                 error!(queue_id = %record.id, error = %e, "cannot queue the bounce; will retry the recipients");
@@ -346,7 +384,7 @@ impl Inner {
                 }
                 Err(e) => error!(queue_id = %record.id, error = %e, "remove task failed"),
             }
-            return;
+            return bounce_id;
         }
         let to_write = record.clone();
         match tokio::task::spawn_blocking(move || spool.update(&to_write)).await {
@@ -356,6 +394,7 @@ impl Inner {
             Err(e) => error!(queue_id = %record.id, error = %e, "update task failed"),
         }
         self.requeue(record);
+        bounce_id
     }
 
     fn requeue(&self, record: QueueRecord) {
@@ -367,7 +406,7 @@ impl Inner {
         self.wake.notify_one();
     }
 
-    async fn queue_dsn(&self, original: &QueueRecord, failed: &[FailedRecipient]) -> std::io::Result<()> {
+    async fn queue_dsn(&self, original: &QueueRecord, failed: &[FailedRecipient]) -> std::io::Result<String> {
         let spool = self.spool.clone();
         let id = original.id.clone();
         let original_body = tokio::task::spawn_blocking(move || spool.read_body(&id))
@@ -410,7 +449,8 @@ impl Inner {
         let to_commit = record.clone();
         tokio::task::spawn_blocking(move || spool.commit(&to_commit, &body)).await.map_err(std::io::Error::other)??;
         info!(queue_id = %record.id, original = %original.id, to = %original.sender, "bounce queued");
+        let id = record.id.clone();
         self.requeue(record);
-        Ok(())
+        Ok(id)
     }
 }
