@@ -43,6 +43,7 @@ enum Command {
     Passwd,
     /// Print the embedded default configuration.
     DefaultConfig,
+    #[cfg(feature = "demo")]
     /// Start a simulated Microsoft 365 and a relay in front of it, send three messages as three kinds
     /// of device, show what happened, and keep both running for you to try (Ctrl-C stops).
     Demo {
@@ -69,6 +70,7 @@ fn main() -> ExitCode {
             print!("{}", config::EMBEDDED_DEFAULT);
             ExitCode::SUCCESS
         }
+        #[cfg(feature = "demo")]
         Command::Demo { lan_port, submission_port, once } => {
             let options = sluice::demo::DemoOptions { lan_port, submission_port, once };
             block_on(async move {
@@ -81,6 +83,7 @@ fn main() -> ExitCode {
 }
 
 /// Runs a future on a multi-threaded runtime, turning an error into exit status 1.
+#[cfg(feature = "demo")]
 fn block_on(future: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
     match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => match runtime.block_on(future) {

@@ -1,5 +1,6 @@
 //! `sluice demo` end to end: the simulator and the relay start, the three scripted devices talk SMTP,
 //! two messages reach the simulated Microsoft 365, and the SendAs refusal becomes a bounce.
+#![cfg(feature = "demo")]
 
 mod common;
 

@@ -20,8 +20,8 @@ pub mod record;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use record::{QueueRecord, RECORD_VERSION, RecipientState, RecipientStatus};
@@ -40,6 +40,62 @@ struct Dirs {
     tmp: PathBuf,
     queue: PathBuf,
     corrupt: PathBuf,
+    queue_sync: GroupSync,
+}
+
+/// Group commit for the queue directory's fsync: many sessions rename their files into `queue/` at about
+/// the same time, and one fsync of the directory makes all of those renames durable. A caller waits for
+/// an fsync that *started after* its own rename; whoever finds no fsync running does it for everyone
+/// waiting. Under load this turns one directory fsync per message into one per batch, and each caller
+/// still returns only once its own rename is durable.
+#[derive(Debug, Default)]
+struct GroupSync {
+    state: Mutex<SyncState>,
+    done: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct SyncState {
+    /// Renames registered so far (a ticket each).
+    requested: u64,
+    /// Every ticket up to this one is durable.
+    completed: u64,
+    running: bool,
+    /// The last fsync failed for the tickets up to this one.
+    failed_upto: u64,
+}
+
+impl GroupSync {
+    fn sync(&self, dir: &Path) -> io::Result<()> {
+        let mut state = self.state.lock().expect("group sync lock");
+        state.requested += 1;
+        let ticket = state.requested;
+        loop {
+            if state.completed >= ticket {
+                return if ticket <= state.failed_upto {
+                    Err(io::Error::other("fsync of the queue directory failed"))
+                } else {
+                    Ok(())
+                };
+            }
+            if !state.running {
+                // Everything registered until now rides on this fsync.
+                let upto = state.requested;
+                state.running = true;
+                drop(state);
+                let result = sync_dir(dir);
+                state = self.state.lock().expect("group sync lock");
+                state.running = false;
+                state.completed = upto;
+                if result.is_err() {
+                    state.failed_upto = upto;
+                }
+                self.done.notify_all();
+                continue;
+            }
+            state = self.done.wait(state).expect("group sync lock");
+        }
+    }
 }
 
 /// What start-up recovery found.
@@ -56,7 +112,12 @@ pub struct Recovery {
 impl Spool {
     /// Opens (creating if needed) the spool at `root`.
     pub fn open(root: &Path) -> io::Result<Spool> {
-        let dirs = Dirs { tmp: root.join(TMP), queue: root.join(QUEUE), corrupt: root.join(CORRUPT) };
+        let dirs = Dirs {
+            tmp: root.join(TMP),
+            queue: root.join(QUEUE),
+            corrupt: root.join(CORRUPT),
+            queue_sync: GroupSync::default(),
+        };
         for dir in [&dirs.tmp, &dirs.queue, &dirs.corrupt] {
             fs::create_dir_all(dir)?;
         }
@@ -92,7 +153,7 @@ impl Spool {
             write_synced(&tmp_record, &encode(record)?)?;
             fs::rename(&tmp_body, self.body_path(id))?;
             fs::rename(&tmp_record, self.record_path(id))?;
-            sync_dir(&self.inner.queue)
+            self.inner.queue_sync.sync(&self.inner.queue)
         })();
         if result.is_err() {
             // Leave no half-queued entry: without its record a body is not live, but remove both so a
@@ -110,7 +171,7 @@ impl Spool {
         let tmp = self.inner.tmp.join(format!("{}.json.update", record.id));
         write_synced(&tmp, &encode(record)?)?;
         fs::rename(&tmp, self.record_path(&record.id))?;
-        sync_dir(&self.inner.queue)
+        self.inner.queue_sync.sync(&self.inner.queue)
     }
 
     /// Removes a finished message. Blocking. The record goes first: once it is gone the entry is dead.
@@ -239,6 +300,30 @@ mod tests {
             smtputf8: false,
             client: "test".into(),
         }
+    }
+
+    #[test]
+    fn concurrent_commits_share_directory_fsyncs_and_all_land() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let threads: Vec<_> = (0..16)
+            .map(|_| {
+                let spool = spool.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..10 {
+                        let body = b"Subject: x\r\n\r\nbody\r\n";
+                        spool.commit(&record(&Spool::new_id(), body), body).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(spool.recover().unwrap().records.len(), 160);
+        let state = spool.inner.queue_sync.state.lock().unwrap();
+        assert_eq!(state.completed, 160, "every commit's ticket is covered by an fsync");
+        assert!(!state.running);
     }
 
     #[test]
