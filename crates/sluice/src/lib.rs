@@ -24,6 +24,7 @@ pub mod dsn;
 pub mod listener;
 pub mod policy;
 pub mod scheduler;
+pub mod sendmail;
 pub mod server;
 pub mod spool;
 pub mod upstream;

@@ -43,6 +43,13 @@ enum Command {
     Passwd,
     /// Print the embedded default configuration.
     DefaultConfig,
+    /// Submit a message the way sendmail does (also what runs when sluice is installed as `sendmail`):
+    /// recipients as arguments or -t, -f sender, -F full name, -i/-oi; the message on stdin. It goes to
+    /// the local sluice at $SLUICE_SENDMAIL_SERVER (default 127.0.0.1:25).
+    Sendmail {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     #[cfg(feature = "demo")]
     /// Start a simulated Microsoft 365 and a relay in front of it, send three messages as three kinds
     /// of device, show what happened, and keep both running for you to try (Ctrl-C stops).
@@ -60,12 +67,20 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Installed as (or linked to) `sendmail`: behave as sendmail, with its own command line.
+    let mut argv = std::env::args();
+    let invoked_as = argv.next().unwrap_or_default();
+    if std::path::Path::new(&invoked_as).file_name().is_some_and(|n| n == "sendmail") {
+        let args: Vec<String> = argv.collect();
+        return ExitCode::from(sluice::sendmail::main(&args));
+    }
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
         Command::Serve { config } => serve(config),
         Command::CheckConfig { config } => check_config(&config),
         Command::Passwd => passwd(),
+        Command::Sendmail { args } => ExitCode::from(sluice::sendmail::main(&args)),
         Command::DefaultConfig => {
             print!("{}", config::EMBEDDED_DEFAULT);
             ExitCode::SUCCESS
