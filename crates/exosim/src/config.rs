@@ -48,6 +48,47 @@ pub struct SimConfig {
     /// App registrations (client credentials).
     #[serde(default)]
     pub apps: Vec<AppConfig>,
+    /// Inbound connectors of type OnPremises (`New-InboundConnector`), for the MX endpoint.
+    #[serde(default)]
+    pub inbound_connectors: Vec<InboundConnectorConfig>,
+    /// Which clock the simulator starts on: `"system"` (default) or `"manual"` (stands still
+    /// until moved with `POST /clock/advance` or `RunningSim::advance`). Written at the top of
+    /// the file, before the first table.
+    #[serde(default)]
+    pub clock: ClockMode,
+}
+
+/// See [`SimConfig::clock`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClockMode {
+    /// The operating system's clock.
+    #[default]
+    System,
+    /// A manual clock starting at the real time of start-up.
+    Manual,
+}
+
+/// An OnPremises inbound connector: how Exchange Online recognises the organisation's own
+/// mail servers (or relay) on the MX endpoint (reference §1b).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboundConnectorConfig {
+    /// `-Name`.
+    pub name: String,
+    /// `-Enabled` (default true).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// `-SenderIPAddresses`: IPv4/IPv6 addresses or CIDR ranges (`127.0.0.2`, `127.0.0.0/29`).
+    #[serde(default)]
+    pub sender_ip_addresses: Vec<String>,
+    /// `-TlsSenderCertificateName`: a name the client certificate's CN or a SAN must hold;
+    /// `*.contoso.com` matches one label under contoso.com.
+    #[serde(default)]
+    pub tls_sender_certificate_name: Option<String>,
+    /// `-RequireTls`: mail through this connector must come over TLS.
+    #[serde(default)]
+    pub require_tls: bool,
 }
 
 /// The tenant and its organisation-wide switches.
@@ -79,6 +120,18 @@ pub struct TenantConfig {
     /// The front-end host name used in the banner, EHLO and the `[HOST …]` suffix of errors.
     #[serde(default = "default_hostname")]
     pub hostname: String,
+    /// The MX endpoint's host name (an Exchange Online Protection front end).
+    #[serde(default = "default_mx_hostname")]
+    pub mx_hostname: String,
+    /// `Set-OrganizationConfig -RejectDirectSend`: anonymous mail on the MX endpoint whose
+    /// MAIL FROM domain is an accepted domain gets `550 5.7.68` (reference §1c).
+    #[serde(default)]
+    pub reject_direct_send: bool,
+}
+
+fn default_mx_hostname() -> String {
+    // The shape of an EOP front end (`…FT0nn.mail.protection.outlook.com`).
+    "SIM0EUR01FT001.mail.protection.outlook.com".to_owned()
 }
 
 fn default_hostname() -> String {
@@ -105,9 +158,12 @@ pub struct ListenConfig {
     /// The client submission endpoint (smtp.office365.com:587).
     #[serde(default = "loopback_any")]
     pub smtp: SocketAddr,
-    /// The HTTPS endpoint: token, admin (and Graph, later).
+    /// The HTTPS endpoint: token, Graph, admin.
     #[serde(default = "loopback_any")]
     pub https: SocketAddr,
+    /// The MX endpoint (`<tenant>-com.mail.protection.outlook.com:25`): connectors and direct send.
+    #[serde(default = "loopback_any")]
+    pub mx: SocketAddr,
 }
 
 fn loopback_any() -> SocketAddr {
@@ -116,7 +172,7 @@ fn loopback_any() -> SocketAddr {
 
 impl Default for ListenConfig {
     fn default() -> Self {
-        ListenConfig { smtp: loopback_any(), https: loopback_any() }
+        ListenConfig { smtp: loopback_any(), https: loopback_any(), mx: loopback_any() }
     }
 }
 
@@ -151,6 +207,33 @@ pub struct LimitsConfig {
     /// Access-token lifetime in seconds (Entra gives 3599 for client credentials).
     #[serde(default = "d_token")]
     pub token_lifetime_secs: u64,
+    /// Refresh-token lifetime in seconds (90 days, reference §2).
+    #[serde(default = "d_refresh")]
+    pub refresh_token_lifetime_secs: u64,
+    /// Device-code lifetime in seconds (Entra answers `expires_in: 900`).
+    #[serde(default = "d_device_code")]
+    pub device_code_lifetime_secs: u64,
+    /// Graph requests per mailbox per app in 10 minutes (10,000, reference §1e).
+    #[serde(default = "d_graph_budget")]
+    pub graph_requests_per_10_minutes: u32,
+    /// An SMTP session idle this long (simulator clock) is closed with `451 4.7.0 Timeout
+    /// waiting for client input`. Exchange's receive connectors default to 5 minutes
+    /// (ConnectionInactivityTimeout); Exchange Online's value is not published.
+    #[serde(default = "d_idle")]
+    pub smtp_idle_timeout_secs: u64,
+}
+
+fn d_refresh() -> u64 {
+    90 * 24 * 3600
+}
+fn d_device_code() -> u64 {
+    900
+}
+fn d_graph_budget() -> u32 {
+    10_000
+}
+fn d_idle() -> u64 {
+    300
 }
 
 fn d_concurrent() -> u32 {
@@ -183,6 +266,10 @@ impl Default for LimitsConfig {
             recipient_limit_reply: RecipientLimitReply::default(),
             max_send_size: d_size(),
             token_lifetime_secs: d_token(),
+            refresh_token_lifetime_secs: d_refresh(),
+            device_code_lifetime_secs: d_device_code(),
+            graph_requests_per_10_minutes: d_graph_budget(),
+            smtp_idle_timeout_secs: d_idle(),
         }
     }
 }
@@ -259,6 +346,13 @@ pub struct AppConfig {
     /// Recipients where `Add-RecipientPermission -AccessRights SendAs` was granted to the app.
     #[serde(default)]
     pub send_as: Vec<String>,
+    /// Certificates uploaded as credentials (PEM text, RSA keys): a client assertion signed by
+    /// one of their keys authenticates the app.
+    #[serde(default)]
+    pub certificates: Vec<String>,
+    /// "Allow public client flows" in the app registration: the device-code flow needs it.
+    #[serde(default)]
+    pub public_client: bool,
 }
 
 fn yes() -> bool {
@@ -326,6 +420,20 @@ impl SimConfig {
                         "app {:?}: full_access names {a:?}, which is not a mailbox",
                         app.client_id
                     ));
+                }
+            }
+        }
+        for c in &self.inbound_connectors {
+            for ip in &c.sender_ip_addresses {
+                if crate::connectors::Cidr::parse(ip).is_none() {
+                    return invalid(format!("connector {:?}: {ip:?} is not an IP address or CIDR range", c.name));
+                }
+            }
+        }
+        for app in &self.apps {
+            for pem in &app.certificates {
+                if let Err(e) = crate::assertion::RegisteredCert::from_pem(pem) {
+                    return invalid(format!("app {:?}: certificate: {e}", app.client_id));
                 }
             }
         }

@@ -13,17 +13,23 @@
 //! - [`store`]: accepted messages, for inspection.
 //! - [`replies`]: every SMTP reply text, in one place.
 //! - [`clock`]: the injectable clock.
-//! - [`tls`]: the generated CA and server certificate.
-//! - `smtp`: the submission endpoint (smtp.office365.com): accept loop, session, AUTH, DATA.
+//! - [`tls`]: the generated CA, server certificate and client certificates.
+//! - [`connectors`]: the MX endpoint's inbound connector and direct-send rules.
+//! - [`assertion`]: client assertions (certificate credentials) at the token endpoint.
+//! - `smtp`: the submission endpoint (smtp.office365.com) and the MX endpoint
+//!   (mail.protection.outlook.com): accept loop, session, AUTH, DATA.
 //! - `http`: the HTTPS endpoint: token (login.microsoftonline.com), Graph sendMail
 //!   (graph.microsoft.com) and the admin API.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod assertion;
 pub mod clock;
 pub mod config;
+pub mod connectors;
 pub mod directory;
+mod drafts;
 pub mod faults;
 mod http;
 pub mod limits;
@@ -39,3 +45,4 @@ pub use config::SimConfig;
 pub use faults::{Action, Fault, Step};
 pub use sim::{RunningSim, SimError, Simulator};
 pub use store::{StoredMessage, SubmitPath};
+pub use tls::ClientCertificate;

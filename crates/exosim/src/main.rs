@@ -69,6 +69,7 @@ fn main() -> ExitCode {
             }
         };
         println!("smtp submission (STARTTLS): {}", sim.smtp_addr());
+        println!("mx (connectors, direct send): {}", sim.mx_addr());
         println!("https (token, admin):       {}", sim.https_base());
         println!("token endpoint:             {}", sim.token_url());
         match &ca_out {

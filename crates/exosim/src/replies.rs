@@ -59,6 +59,38 @@ impl Ctx {
         Reply::multiline(250, None, lines)
     }
 
+    /// The MX endpoint's EHLO reply: "same extensions, no AUTH" (reference §5); STARTTLS is
+    /// offered before TLS and nothing stands in its place after.
+    pub fn ehlo_mx(&self, client_ip: &str, tls: bool) -> Reply {
+        let mut lines = vec![
+            format!("{} Hello [{client_ip}]", self.host),
+            "SIZE 157286400".to_owned(),
+            "PIPELINING".to_owned(),
+            "DSN".to_owned(),
+            "ENHANCEDSTATUSCODES".to_owned(),
+        ];
+        if !tls {
+            lines.push("STARTTLS".to_owned());
+        }
+        lines.extend(["8BITMIME", "BINARYMIME", "CHUNKING", "SMTPUTF8"].iter().map(|s| (*s).to_owned()));
+        Reply::multiline(250, None, lines)
+    }
+
+    /// The MX endpoint's end-of-data reply. Not in the reference: Exchange Online Protection's
+    /// inbound answer, `250 2.6.0 <message-id> [InternalId=…, Hostname=…] N bytes in T, R
+    /// KB/sec Queued mail for delivery` (the timing figures are made up, not measured).
+    pub fn queued_mx(&self, message_id: &str, internal_id: u64, size: u64) -> Reply {
+        Reply::enhanced(
+            250,
+            (2, 6, 0),
+            format!(
+                "{message_id} [InternalId={internal_id}, Hostname={}] {size} bytes in 0.010, {:.3} KB/sec Queued mail for delivery",
+                mailbox_server(&self.host).to_ascii_uppercase(),
+                size as f64 / 1024.0 / 0.010
+            ),
+        )
+    }
+
     /// HELO: one line. Not in the reference; Exchange answers `250 HOST Hello [IP]`.
     pub fn helo(&self, client_ip: &str) -> Reply {
         Reply::new(250, None, format!("{} Hello [{client_ip}]", self.host))
@@ -220,6 +252,23 @@ pub mod text {
     pub const BAD_RECIPIENT: E = (501, (5, 1, 3), "Invalid address");
     /// Not in the reference: BDAT and DATA mixed, or DATA after BDAT.
     pub const BAD_SEQUENCE: E = (503, (5, 5, 1), "Bad sequence of commands");
+    /// Reference §1b/§4: relay through the MX endpoint by a server no connector matches (IP or
+    /// certificate), or failing the Nov 2023 accepted-domain rule.
+    pub const TENANT_ATTRIBUTION: E = (550, (5, 7, 64), "TenantAttribution; Relay Access Denied");
+    /// Anonymous relay to a domain outside the tenant (the usual Exchange Online text; the
+    /// reference only says direct send reaches internal recipients only).
+    pub const RELAY_NON_ACCEPTED: E = (550, (5, 7, 54), "SMTP; Unable to relay recipient in non-accepted domain");
+    /// Reference §1c/§4: RejectDirectSend.
+    pub const DIRECT_SEND_REJECTED: E = (
+        550,
+        (5, 7, 68),
+        "TenantInboundAttribution; Direct Send not allowed for this organization from unauthorized sources",
+    );
+    /// Not in the reference: an unknown recipient in an accepted domain, refused at RCPT by
+    /// Directory-Based Edge Blocking (on by default), as Exchange Online Protection words it.
+    pub const DBEB_REJECTED: E = (550, (5, 4, 1), "Recipient address rejected: Access denied. AS(201806281)");
+    /// Not in the reference: an idle session closed (Exchange's text).
+    pub const IDLE_TIMEOUT: E = (451, (4, 7, 0), "Timeout waiting for client input");
     /// Not in the reference: unknown MAIL/RCPT parameters.
     pub const BAD_PARAMETER: E = (501, (5, 5, 4), "Invalid arguments");
 }

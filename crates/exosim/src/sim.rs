@@ -11,10 +11,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::clock::{Clock, ManualClock, Sleep, SystemClock};
-use crate::config::SimConfig;
+use crate::config::{ClockMode, SimConfig};
 use crate::directory::Directory;
 use crate::faults::{Action, Fault, Faults, Step};
 use crate::limits::Usage;
+use crate::smtp::Endpoint;
 use crate::store::StoredMessage;
 use crate::tls::{TlsError, TlsMaterial};
 use crate::tokens::{Audience, Grant, Subject, TokenStore};
@@ -45,8 +46,12 @@ pub struct Stats {
     pub rate_delayed_now: u64,
     /// Messages ever held by the rate limit.
     pub rate_delayed_total: u64,
-    /// SMTP connections accepted.
+    /// SMTP connections accepted (both endpoints).
     pub smtp_connections: u64,
+    /// SMTP command lines read (both endpoints).
+    pub smtp_commands: u64,
+    /// SMTP sessions waiting for a command line right now (the idle timer runs).
+    pub smtp_idle_sessions: u64,
 }
 
 /// State shared by every endpoint.
@@ -54,6 +59,8 @@ pub struct Shared {
     /// The tenant.
     pub dir: RwLock<Directory>,
     clock: RwLock<Arc<dyn Clock>>,
+    /// The manual clock, when the simulator runs on one.
+    manual: Mutex<Option<ManualClock>>,
     /// Per-mailbox usage.
     pub usage: Mutex<Usage>,
     /// Issued tokens.
@@ -62,6 +69,8 @@ pub struct Shared {
     pub faults: Mutex<Faults>,
     /// Accepted messages.
     pub messages: Mutex<Vec<StoredMessage>>,
+    /// Graph drafts, upload sessions and request budget.
+    pub(crate) graph: Mutex<crate::drafts::GraphState>,
     /// TLS material.
     pub tls: TlsMaterial,
     /// Counters.
@@ -77,6 +86,34 @@ impl Shared {
     /// The clock in force.
     pub fn clock(&self) -> Arc<dyn Clock> {
         self.clock.read().expect("clock lock").clone()
+    }
+
+    /// Switches to a manual clock at the current time, once; returns it.
+    pub fn manual_clock(&self) -> ManualClock {
+        let mut manual = self.manual.lock().expect("manual lock");
+        if let Some(m) = manual.as_ref() {
+            return m.clone();
+        }
+        let m = ManualClock::new(self.now());
+        *self.clock.write().expect("clock lock") = Arc::new(m.clone());
+        *manual = Some(m.clone());
+        m
+    }
+
+    /// The manual clock, if the simulator runs on one (configured, or switched to by a test).
+    pub fn manual(&self) -> Option<ManualClock> {
+        self.manual.lock().expect("manual lock").clone()
+    }
+
+    /// The user of `mailbox` signs in with the device-code flow's `user_code` (what they would
+    /// do at microsoft.com/devicelogin; consent is taken as given).
+    pub fn device_login(&self, user_code: &str, mailbox: &str) -> Result<(), String> {
+        let dir = self.dir();
+        let Some(m) = dir.mailbox(mailbox) else {
+            return Err(format!("{mailbox} is not a mailbox of this tenant"));
+        };
+        let now = self.now();
+        self.tokens.lock().expect("tokens lock").sign_in(user_code, &m.address, now).map_err(str::to_owned)
     }
 
     /// Sleeps on the simulator's clock.
@@ -117,29 +154,39 @@ impl Simulator {
     /// port 0 by default) and serves until [`RunningSim::shutdown`] or drop.
     pub async fn start(config: SimConfig) -> Result<RunningSim, SimError> {
         let config = config.validated()?;
-        let tls = TlsMaterial::generate(&config.tenant.hostname)?;
+        let tls = TlsMaterial::generate(&config.tenant.hostname, &config.tenant.mx_hostname)?;
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr).await.map_err(|source| SimError::Bind { addr, source })
         };
         let smtp = bind(config.listen.smtp).await?;
         let https = bind(config.listen.https).await?;
+        let mx = bind(config.listen.mx).await?;
+        let mx_addr = mx.local_addr().map_err(|source| SimError::Bind { addr: config.listen.mx, source })?;
+        let manual = (config.clock == ClockMode::Manual).then(ManualClock::starting_now);
+        let clock: Arc<dyn Clock> = match &manual {
+            Some(m) => Arc::new(m.clone()),
+            None => Arc::new(SystemClock),
+        };
         let smtp_addr = smtp.local_addr().map_err(|source| SimError::Bind { addr: config.listen.smtp, source })?;
         let https_addr = https.local_addr().map_err(|source| SimError::Bind { addr: config.listen.https, source })?;
         let shared = Arc::new(Shared {
             dir: RwLock::new(Directory { config }),
-            clock: RwLock::new(Arc::new(SystemClock)),
+            clock: RwLock::new(clock),
+            manual: Mutex::new(manual.clone()),
             usage: Mutex::new(Usage::default()),
             tokens: Mutex::new(TokenStore::default()),
             faults: Mutex::new(Faults::default()),
             messages: Mutex::new(Vec::new()),
+            graph: Mutex::new(crate::drafts::GraphState::default()),
             tls,
             stats: watch::Sender::new(Stats::default()),
         });
         let tasks = vec![
-            tokio::spawn(crate::smtp::serve(smtp, shared.clone())),
+            tokio::spawn(crate::smtp::serve(smtp, shared.clone(), Endpoint::Submission)),
+            tokio::spawn(crate::smtp::serve(mx, shared.clone(), Endpoint::Mx)),
             tokio::spawn(crate::http::serve(https, shared.clone())),
         ];
-        Ok(RunningSim { shared, smtp_addr, https_addr, tasks, manual: Mutex::new(None) })
+        Ok(RunningSim { shared, smtp_addr, https_addr, mx_addr, tasks })
     }
 }
 
@@ -148,14 +195,25 @@ pub struct RunningSim {
     shared: Arc<Shared>,
     smtp_addr: SocketAddr,
     https_addr: SocketAddr,
+    mx_addr: SocketAddr,
     tasks: Vec<JoinHandle<()>>,
-    manual: Mutex<Option<ManualClock>>,
 }
 
 impl RunningSim {
     /// The client submission endpoint (like smtp.office365.com:587).
     pub fn smtp_addr(&self) -> SocketAddr {
         self.smtp_addr
+    }
+
+    /// The MX endpoint (like `contoso-com.mail.protection.outlook.com:25`).
+    pub fn mx_addr(&self) -> SocketAddr {
+        self.mx_addr
+    }
+
+    /// Issues a client certificate for `names` from the simulator's "public" CA (through an
+    /// intermediate), for connector tests: present `chain_pem` for a full chain.
+    pub fn issue_client_certificate(&self, names: &[&str]) -> Result<crate::tls::ClientCertificate, SimError> {
+        Ok(self.shared.tls.issue_client_certificate(names)?)
     }
 
     /// The HTTPS endpoint (token endpoint and admin API).
@@ -206,21 +264,14 @@ impl RunningSim {
 
     /// Replaces the clock.
     pub fn set_clock(&self, clock: Arc<dyn Clock>) {
-        *self.manual.lock().expect("manual lock") = None;
+        *self.shared.manual.lock().expect("manual lock") = None;
         *self.shared.clock.write().expect("clock lock") = clock;
     }
 
     /// Switches to a [`ManualClock`] standing at the current simulator time (once) and returns
     /// it; later calls return the same clock.
     pub fn manual_clock(&self) -> ManualClock {
-        let mut manual = self.manual.lock().expect("manual lock");
-        if let Some(m) = manual.as_ref() {
-            return m.clone();
-        }
-        let m = ManualClock::new(self.shared.now());
-        *self.shared.clock.write().expect("clock lock") = Arc::new(m.clone());
-        *manual = Some(m.clone());
-        m
+        self.shared.manual_clock()
     }
 
     /// Moves the (manual) clock forward; see [`RunningSim::manual_clock`].
@@ -256,6 +307,11 @@ impl RunningSim {
             expires_at: self.shared.now() + Duration::from_secs(dir.config.limits.token_lifetime_secs),
         };
         Some(self.shared.tokens.lock().expect("tokens lock").issue(grant))
+    }
+
+    /// Signs the user of `mailbox` in for a pending device code (see the device-code flow).
+    pub fn device_login(&self, user_code: &str, mailbox: &str) -> Result<(), String> {
+        self.shared.device_login(user_code, mailbox)
     }
 
     /// The counters.

@@ -1,4 +1,6 @@
 //! Access tokens: issued by the token endpoint, checked by the SMTP (XOAUTH2) endpoint.
+//! Also the delegated sign-in state: pending device codes and refresh tokens (which rotate:
+//! redeeming one issues a new one and retires the old, reference §2).
 //!
 //! Real Entra ID tokens are JWTs, but clients must treat them as opaque (Microsoft says so and
 //! changes their format), so ours are random strings looked up in this store. What a real token
@@ -54,6 +56,11 @@ pub enum Subject {
     User {
         /// The user's UPN.
         upn: String,
+        /// The delegated permissions granted (`SMTP.Send`, `Mail.Send`, …), without the
+        /// resource prefix.
+        scopes: Vec<String>,
+        /// The client the user signed in to.
+        client_id: String,
     },
 }
 
@@ -79,10 +86,76 @@ pub enum TokenError {
     WrongAudience,
 }
 
+/// A device-code sign-in in progress.
+#[derive(Clone, Debug)]
+pub struct DeviceCode {
+    /// The app.
+    pub client_id: String,
+    /// What the user types at the verification page.
+    pub user_code: String,
+    /// Resource of the requested scopes.
+    pub audience: Audience,
+    /// Requested delegated permissions (without resource prefix).
+    pub scopes: Vec<String>,
+    /// `offline_access` was requested: a refresh token comes with the access token.
+    pub offline: bool,
+    /// Until when the code may be redeemed.
+    pub expires_at: SystemTime,
+    /// The mailbox that signed in, once someone has.
+    pub signed_in: Option<String>,
+}
+
+/// A refresh token's grant.
+#[derive(Clone, Debug)]
+pub struct RefreshGrant {
+    /// The app.
+    pub client_id: String,
+    /// The user.
+    pub upn: String,
+    /// Resource.
+    pub audience: Audience,
+    /// Delegated permissions.
+    pub scopes: Vec<String>,
+    /// When it was issued and when it lapses.
+    pub issued_at: SystemTime,
+    /// Lapse time.
+    pub expires_at: SystemTime,
+}
+
+/// Why a refresh token was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefreshError {
+    /// Never issued.
+    Unknown,
+    /// Already redeemed (rotated out).
+    Redeemed,
+    /// Past its lifetime: (issued at).
+    Expired(SystemTime),
+    /// Issued to another client.
+    OtherClient,
+}
+
+/// The state of a device code when polled.
+#[derive(Clone, Debug)]
+pub enum Poll {
+    /// Unknown or already redeemed.
+    Unknown,
+    /// Past its lifetime.
+    Expired,
+    /// Nobody signed in yet.
+    Pending,
+    /// Signed in: the code is consumed.
+    SignedIn(DeviceCode),
+}
+
 /// Issued tokens.
 #[derive(Debug, Default)]
 pub struct TokenStore {
     map: HashMap<String, Grant>,
+    devices: HashMap<String, DeviceCode>,
+    refresh: HashMap<String, RefreshGrant>,
+    /// Refresh tokens already redeemed (so a replay is told apart from a forgery).
+    redeemed: std::collections::HashSet<String>,
 }
 
 impl TokenStore {
@@ -102,6 +175,75 @@ impl TokenStore {
         if now >= grant.expires_at {
             return Err(TokenError::Expired);
         }
+        Ok(grant)
+    }
+}
+
+impl TokenStore {
+    /// Starts a device-code sign-in; returns (device_code, user_code).
+    pub fn start_device(&mut self, mut code: DeviceCode) -> (String, String) {
+        let device_code = random_token().replace("eyJ0eXAiOiJKV1Qi.", "DAQABAAEAAAD");
+        // Entra's user codes: 9 upper-case letters and digits (no look-alike filtering known).
+        let user_code: String = random_hex(9).bytes().map(|b| (b'A' + b % 26) as char).collect();
+        code.user_code = user_code.clone();
+        self.devices.insert(device_code.clone(), code);
+        (device_code, user_code)
+    }
+
+    /// A user signs in at the verification page with `user_code`.
+    pub fn sign_in(&mut self, user_code: &str, upn: &str, now: SystemTime) -> Result<(), &'static str> {
+        let code = self
+            .devices
+            .values_mut()
+            .find(|d| d.user_code.eq_ignore_ascii_case(user_code.trim()))
+            .ok_or("unknown user code")?;
+        if now >= code.expires_at {
+            return Err("the code has expired");
+        }
+        code.signed_in = Some(upn.to_owned());
+        Ok(())
+    }
+
+    /// Polls a device code for `client_id`.
+    pub fn poll(&mut self, device_code: &str, client_id: &str, now: SystemTime) -> Poll {
+        let Some(code) = self.devices.get(device_code).filter(|d| d.client_id == client_id) else {
+            return Poll::Unknown;
+        };
+        if now >= code.expires_at {
+            return Poll::Expired;
+        }
+        if code.signed_in.is_none() {
+            return Poll::Pending;
+        }
+        self.devices.remove(device_code).map_or(Poll::Unknown, Poll::SignedIn)
+    }
+
+    /// Issues a refresh token.
+    pub fn issue_refresh(&mut self, grant: RefreshGrant) -> String {
+        let token = format!("1.A{}", random_token().trim_start_matches("eyJ0eXAiOiJKV1Qi."));
+        self.refresh.insert(token.clone(), grant);
+        token
+    }
+
+    /// Redeems a refresh token: it is retired whatever happens next (rotation).
+    pub fn redeem_refresh(
+        &mut self,
+        token: &str,
+        client_id: &str,
+        now: SystemTime,
+    ) -> Result<RefreshGrant, RefreshError> {
+        if self.redeemed.contains(token) {
+            return Err(RefreshError::Redeemed);
+        }
+        let grant = self.refresh.get(token).ok_or(RefreshError::Unknown)?;
+        if grant.client_id != client_id {
+            return Err(RefreshError::OtherClient);
+        }
+        if now >= grant.expires_at {
+            return Err(RefreshError::Expired(grant.issued_at));
+        }
+        let grant = self.refresh.remove(token).ok_or(RefreshError::Unknown)?;
+        self.redeemed.insert(token.to_owned());
         Ok(grant)
     }
 }
@@ -143,7 +285,7 @@ mod tests {
         let t0 = SystemTime::UNIX_EPOCH;
         let tok = s.issue(Grant {
             audience: Audience::Exchange,
-            subject: Subject::User { upn: "a@b.c".into() },
+            subject: Subject::User { upn: "a@b.c".into(), scopes: vec![], client_id: "x".into() },
             expires_at: t0 + Duration::from_secs(10),
         });
         assert!(s.verify(&tok, Audience::Exchange, t0).is_ok());

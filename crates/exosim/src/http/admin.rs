@@ -1,5 +1,7 @@
 //! The simulator's own admin API (no Microsoft equivalent): list and clear accepted messages,
-//! list, add and clear faults. JSON in and out; a fault is the JSON form of
+//! list, add and clear faults, sign a user in for the device-code flow (`POST /devicelogin
+//! {"user_code": "…", "mailbox": "…"}`, standing for the page at microsoft.com/devicelogin), read and move the manual clock (`GET /clock`,
+//! `POST /clock/advance {"seconds": N}`). JSON in and out; a fault is the JSON form of
 //! [`crate::faults::Fault`], e.g.
 //! `{"step":"end-of-data","action":"reply","code":554,"text":"5.2.0 …","times":2}`.
 
@@ -45,4 +47,42 @@ pub(super) fn add_faults(shared: &Shared, body: &[u8]) -> Resp {
 pub(super) fn clear_faults(shared: &Shared) -> Resp {
     shared.faults.lock().expect("faults lock").clear();
     json(StatusCode::OK, &json!({"cleared": true}))
+}
+
+/// `GET /clock`: the simulator's time and whether it is manual.
+pub(super) fn clock(shared: &Shared) -> Resp {
+    json(StatusCode::OK, &json!({"now": crate::store::epoch_secs(shared.now()), "manual": shared.manual().is_some()}))
+}
+
+/// `POST /clock/advance {"seconds": N}`: moves the manual clock forward. Refused (409) on the
+/// system clock: a simulator started for real use must not have its time moved under it.
+pub(super) fn advance_clock(shared: &Shared, body: &[u8]) -> Resp {
+    let Some(manual) = shared.manual() else {
+        return json(
+            StatusCode::CONFLICT,
+            &json!({"error": "the simulator runs on the system clock; start it with clock = \"manual\""}),
+        );
+    };
+    let seconds = serde_json::from_slice::<serde_json::Value>(body).ok().and_then(|v| v.get("seconds")?.as_f64());
+    match seconds {
+        Some(s) if s.is_finite() && s >= 0.0 => {
+            manual.advance(std::time::Duration::from_secs_f64(s));
+            clock(shared)
+        }
+        _ => json(StatusCode::BAD_REQUEST, &json!({"error": "expected {\"seconds\": N} with N >= 0"})),
+    }
+}
+
+/// `POST /devicelogin {"user_code", "mailbox"}`.
+pub(super) fn device_login(shared: &Shared, body: &[u8]) -> Resp {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let (Some(code), Some(mailbox)) =
+        (v.get("user_code").and_then(|c| c.as_str()), v.get("mailbox").and_then(|m| m.as_str()))
+    else {
+        return json(StatusCode::BAD_REQUEST, &json!({"error": "expected {\"user_code\": …, \"mailbox\": …}"}));
+    };
+    match shared.device_login(code, mailbox) {
+        Ok(()) => json(StatusCode::OK, &json!({"signed_in": true})),
+        Err(e) => json(StatusCode::BAD_REQUEST, &json!({"error": e})),
+    }
 }

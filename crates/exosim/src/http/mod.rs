@@ -2,14 +2,20 @@
 //! (login.microsoftonline.com's token endpoint) plus the simulator's own admin API. Their paths
 //! do not collide, so one port is enough and tests need one address.
 //!
-//! - `token.rs`: `POST /{tenant}/oauth2/v2.0/token` (client credentials, AADSTS errors).
-//! - `graph.rs`: `POST /v1.0/users/{upn}/sendMail` (Microsoft Graph).
-//! - `admin.rs`: `GET|DELETE /messages`, `GET|POST|DELETE /faults`.
+//! - `token.rs`: `POST /{tenant}/oauth2/v2.0/token` (client credentials with a secret or a
+//!   certificate assertion, device code, refresh token; AADSTS errors) and
+//!   `POST /{tenant}/oauth2/v2.0/devicecode`.
+//! - `graph.rs`: `POST /v1.0/users/{upn}/sendMail` (Microsoft Graph), token and budget checks.
+//! - `graph_large.rs`: drafts, `createUploadSession`, chunked `PUT /upload/{session}` (standing
+//!   for outlook.office.com's upload URL) and `…/messages/{id}/send`.
+//! - `admin.rs`: `POST /devicelogin` (a user "signs in" with a device code), `GET|DELETE /messages`, `GET|POST|DELETE /faults`, `GET /clock`,
+//!   `POST /clock/advance`.
 //!
 //! hyper is used directly (HTTP/1.1 only, which is all curl, MSAL and sluice need here).
 
 mod admin;
 mod graph;
+mod graph_large;
 mod token;
 
 use std::convert::Infallible;
@@ -64,22 +70,52 @@ async fn route(shared: Arc<Shared>, peer: std::net::SocketAddr, req: Request<Inc
         req.headers().get(hyper::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     let authorization =
         req.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let query = req.uri().query().map(str::to_owned);
+    let range = req.headers().get(hyper::header::CONTENT_RANGE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let host = req.headers().get(hyper::header::HOST).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => return plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
     };
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (method, segments.as_slice()) {
-        (Method::POST, [tenant, "oauth2", "v2.0", "token"]) => token::token(&shared, tenant, &content_type, &body),
+        (Method::POST, [tenant, "oauth2", "v2.0", endpoint @ ("token" | "devicecode")]) => {
+            let req = token::TokenRequest { tenant, content_type: &content_type, body: &body, host: host.as_deref() };
+            if *endpoint == "token" { token::token(&shared, &req) } else { token::devicecode(&shared, &req) }
+        }
+        (Method::POST, ["devicelogin"]) => admin::device_login(&shared, &body),
         (Method::POST, ["v1.0", "users", upn, "sendMail"]) => {
             let upn = percent_decode(upn);
             graph::send_mail(shared.clone(), peer, &upn, authorization.as_deref(), &content_type, &body).await
+        }
+        (Method::POST, ["v1.0", "users", upn, "messages"]) => {
+            graph_large::create_draft(&shared, &percent_decode(upn), authorization.as_deref(), &body)
+        }
+        (Method::POST, ["v1.0", "users", upn, "messages", id, "attachments", "createUploadSession"]) => {
+            let base = format!("https://{}", host.as_deref().unwrap_or("127.0.0.1"));
+            graph_large::create_upload_session(
+                &shared,
+                &base,
+                &percent_decode(upn),
+                id,
+                authorization.as_deref(),
+                &body,
+            )
+        }
+        (Method::PUT, ["upload", session]) => {
+            let base = format!("https://{}", host.as_deref().unwrap_or("127.0.0.1"));
+            graph_large::put_chunk(&shared, &base, session, query.as_deref(), range.as_deref(), &body)
+        }
+        (Method::POST, ["v1.0", "users", upn, "messages", id, "send"]) => {
+            graph_large::send_draft(&shared, peer, &percent_decode(upn), id, authorization.as_deref())
         }
         (Method::GET, ["messages"]) => admin::messages(&shared),
         (Method::DELETE, ["messages"]) => admin::clear_messages(&shared),
         (Method::GET, ["faults"]) => admin::faults(&shared),
         (Method::POST, ["faults"]) => admin::add_faults(&shared, &body),
         (Method::DELETE, ["faults"]) => admin::clear_faults(&shared),
+        (Method::GET, ["clock"]) => admin::clock(&shared),
+        (Method::POST, ["clock", "advance"]) => admin::advance_clock(&shared, &body),
         _ => plain(StatusCode::NOT_FOUND, "not found"),
     }
 }

@@ -40,7 +40,10 @@ impl Session {
         mechanism: &str,
         initial: Option<String>,
     ) -> std::io::Result<Flow> {
-        let refusal = if !self.tls {
+        let refusal = if self.endpoint == super::session::Endpoint::Mx {
+            // The MX host offers no AUTH at all (reference §5), before or after TLS.
+            Some(text::UNRECOGNIZED_AUTH)
+        } else if !self.tls {
             // Before TLS, AUTH is not offered at all; a plain "AUTH LOGIN" gets what an
             // unknown mechanism gets. (We check EHLO after TLS so the reference's
             // "Send hello first" still applies there.)
@@ -186,8 +189,10 @@ impl Session {
                 }
                 Identity::App { client_id, mailbox: mailbox.address.clone() }
             }
-            Subject::User { upn } => {
-                if upn != mailbox.address {
+            Subject::User { upn, scopes, .. } => {
+                // A delegated token works for the signed-in user's own mailbox only, and only
+                // with the SMTP.Send permission consented.
+                if upn != mailbox.address || !scopes.iter().any(|s| s.eq_ignore_ascii_case("SMTP.Send")) {
                     return fail;
                 }
                 Identity::User { mailbox: upn, basic: false }

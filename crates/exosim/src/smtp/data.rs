@@ -11,11 +11,15 @@
 //! 7. the per-minute rate: hold the reply until the message fits (Microsoft: "excess is
 //!    delayed"), or `451 4.7.500 Server busy…` when configured;
 //! 8. store, and `250 2.0.0 OK <message-id> [Hostname=…]`.
+//!
+//! On the MX endpoint only 1, 2 and 4 apply (no mailbox: no SendAs, quota or rate; reference
+//! §1b: "no 30/min cap"); the message is stored with the path `connector` or `direct-send`,
+//! never saved to Sent Items.
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::io::Io;
-use super::session::{Flow, Session};
+use super::session::{Endpoint, Flow, Session, Tx};
 use crate::config::{RateLimitAction, RecipientLimitReply, SendAsDenied};
 use crate::faults::Step;
 use crate::replies::{mailbox_server, send_as_denied_52252, server_busy, text};
@@ -35,6 +39,9 @@ impl Session {
         };
         if let Some(flow) = self.fault(io, Step::EndOfData).await? {
             return Ok(flow);
+        }
+        if self.endpoint == Endpoint::Mx {
+            return self.end_of_message_mx(io, tx, raw, size).await;
         }
         let Some(identity) = self.auth.as_ref().map(|a| a.identity.clone()) else {
             return Ok(Flow::Continue);
@@ -138,6 +145,56 @@ impl Session {
             raw,
         });
         io.send(&self.ctx.queued(&message_id)).await?;
+        Ok(Flow::Continue)
+    }
+}
+
+impl Session {
+    async fn end_of_message_mx<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut Io<S>,
+        tx: Tx,
+        raw: Vec<u8>,
+        size: u64,
+    ) -> std::io::Result<Flow> {
+        let dir = self.shared.dir();
+        if size > dir.config.limits.max_send_size {
+            io.send(&self.err(text::TOO_BIG)).await?;
+            return Ok(Flow::Continue);
+        }
+        let headers = parse_headers(&raw);
+        let Ok(from_header) = header_addresses(&headers, "from") else {
+            io.send(&self.err(text::BAD_FROM)).await?;
+            return Ok(Flow::Continue);
+        };
+        let sender_header = header_addresses(&headers, "sender").unwrap_or_default();
+        if from_header.len() > 1 && sender_header.is_empty() {
+            io.send(&self.err(text::MULTIPLE_FROM)).await?;
+            return Ok(Flow::Continue);
+        }
+        let attribution = self.attribution();
+        let host = mailbox_server(&self.ctx.host).to_ascii_uppercase();
+        let message_id = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("message-id"))
+            .map(|(_, v)| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| format!("<{}@{host}>", random_hex(16)));
+        let seq = self.shared.store(StoredMessage {
+            seq: 0,
+            message_id: message_id.clone(),
+            accepted_at: epoch_secs(self.shared.now()),
+            path: attribution.path(),
+            identity: attribution.describe(),
+            mailbox: String::new(),
+            mail_from: tx.from.map(|a| a.to_string()).unwrap_or_default(),
+            rcpt_to: tx.rcpts,
+            client_ip: self.client_ip(),
+            tls: self.tls,
+            saved_to_sent_items: false,
+            raw,
+        });
+        io.send(&self.ctx.queued_mx(&message_id, seq, size)).await?;
         Ok(Flow::Continue)
     }
 }

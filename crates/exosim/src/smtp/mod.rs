@@ -1,5 +1,7 @@
-//! The client submission endpoint, like smtp.office365.com:587: the accept loop, and the
-//! connection's life (banner, plain session, STARTTLS, TLS session).
+//! The SMTP endpoints: client submission, like smtp.office365.com:587, and the MX host, like
+//! `<tenant>.mail.protection.outlook.com:25`. The accept loop, and the connection's life
+//! (banner, plain session, STARTTLS, TLS session); the MX endpoint also reads the client
+//! certificate after the handshake.
 //!
 //! - `io.rs`: buffered lines, DATA and BDAT over any stream.
 //! - `session.rs`: the state machine and the commands EHLO to QUIT.
@@ -19,24 +21,26 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
+use crate::connectors::PeerCert;
 use crate::faults::{Action, Step};
 use crate::replies::{Ctx, scripted};
 use crate::sim::Shared;
 use crate::tokens::random_hex;
 pub(crate) use data::{header_addresses, parse_headers};
 use io::Io;
+pub(crate) use session::Endpoint;
 use session::{Next, Session};
 
 /// Accepts connections until the task is aborted; aborting drops the set, which ends every
 /// connection too.
-pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, endpoint: Endpoint) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 if let Ok((tcp, peer)) = accepted {
                     shared.stat(|s| s.smtp_connections += 1);
-                    conns.spawn(connection(tcp, peer, shared.clone()));
+                    conns.spawn(connection(tcp, peer, shared.clone(), endpoint));
                 }
             }
             // Reap finished connections so the set does not grow without bound.
@@ -45,9 +49,14 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-async fn connection(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+async fn connection(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, endpoint: Endpoint) {
     let _ = tcp.set_nodelay(true);
-    let ctx = Ctx { host: shared.dir().config.tenant.hostname, session_id: random_hex(8) };
+    let tenant = shared.dir().config.tenant;
+    let host = match endpoint {
+        Endpoint::Submission => tenant.hostname,
+        Endpoint::Mx => tenant.mx_hostname,
+    };
+    let ctx = Ctx { host, session_id: random_hex(8) };
     let mut io = Io::new(tcp);
     let banner = match shared.fault(Step::Connect, None) {
         Some(Action::Disconnect) => return,
@@ -66,20 +75,29 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     if io.send(&banner).await.is_err() {
         return;
     }
-    let mut plain = Session::new(shared.clone(), ctx.clone(), peer, false);
+    let mut plain = Session::new(shared.clone(), ctx.clone(), peer, false, endpoint);
     match plain.run(&mut io).await {
         Next::Close => return,
         Next::StartTls => {}
     }
     drop(plain);
     let tcp = io.into_inner();
-    let acceptor = TlsAcceptor::from(shared.tls.server.clone());
+    let config = match endpoint {
+        Endpoint::Submission => shared.tls.server.clone(),
+        Endpoint::Mx => shared.tls.mx.clone(),
+    };
+    let acceptor = TlsAcceptor::from(config);
     // A TLS 1.0/1.1 ClientHello fails here: rustls speaks 1.2 and 1.3 only (see tls.rs).
     let Ok(tls) = acceptor.accept(tcp).await else {
         return;
     };
+    let client_cert = tls.get_ref().1.peer_certificates().filter(|c| !c.is_empty()).map(|certs| PeerCert {
+        names: crate::tls::certificate_names(&certs[0]),
+        chain_ok: shared.tls.check_client_chain(certs),
+    });
     let mut io = Io::new(tls);
     // RFC 3207 §4.2: everything learnt before TLS is forgotten; the client must EHLO again.
-    let mut secure = Session::new(shared, ctx, peer, true);
+    let mut secure = Session::new(shared, ctx, peer, true, endpoint);
+    secure.client_cert = client_cert;
     let _ = secure.run(&mut io).await;
 }

@@ -3,6 +3,14 @@
 //!
 //! The order of checks for MAIL follows the reference: no EHLO → `503 5.5.2 Send hello first`;
 //! no TLS → `451 5.7.3 STARTTLS is required to send mail`; no AUTH → `530 5.7.57`.
+//!
+//! The same state machine serves the MX endpoint ([`Endpoint::Mx`], reference §1b/§1c): no
+//! AUTH, TLS only when the matched connector requires it, and each RCPT judged by
+//! [`crate::connectors::verdict`].
+//!
+//! Every command line is awaited against the idle timeout on the simulator's clock
+//! (`limits.smtp_idle_timeout_secs`); when it passes, `451 4.7.0 Timeout waiting for client
+//! input` and the connection closes (Exchange's words; not in the reference).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,6 +20,7 @@ use smtp_wire::{Address, Command, CommandError, DataLimits, Reply, parse_command
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::io::{Input, Io};
+use crate::connectors::{Attribution, PeerCert, Verdict};
 use crate::directory::Identity;
 use crate::faults::{Action, Step};
 use crate::replies::{Ctx, e, ok, scripted, text};
@@ -55,11 +64,23 @@ pub(crate) struct Tx {
     pub(crate) bdat: Option<(Vec<u8>, u64)>,
 }
 
+/// Which listener a session belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Endpoint {
+    /// Client submission (smtp.office365.com:587).
+    Submission,
+    /// The MX host (`<tenant>.mail.protection.outlook.com:25`).
+    Mx,
+}
+
 pub(crate) struct Session {
     pub(crate) shared: Arc<Shared>,
     pub(crate) ctx: Ctx,
     pub(crate) peer: SocketAddr,
     pub(crate) tls: bool,
+    pub(crate) endpoint: Endpoint,
+    /// The client certificate sent in the TLS handshake (MX endpoint only).
+    pub(crate) client_cert: Option<PeerCert>,
     helo: bool,
     pub(crate) auth: Option<Authed>,
     pub(crate) tx: Option<Tx>,
@@ -75,8 +96,13 @@ pub(crate) enum Flow {
 type IoResult = std::io::Result<Flow>;
 
 impl Session {
-    pub(crate) fn new(shared: Arc<Shared>, ctx: Ctx, peer: SocketAddr, tls: bool) -> Self {
-        Session { shared, ctx, peer, tls, helo: false, auth: None, tx: None }
+    pub(crate) fn new(shared: Arc<Shared>, ctx: Ctx, peer: SocketAddr, tls: bool, endpoint: Endpoint) -> Self {
+        Session { shared, ctx, peer, tls, endpoint, client_cert: None, helo: false, auth: None, tx: None }
+    }
+
+    /// How the MX endpoint attributes this session (reference §1b).
+    pub(crate) fn attribution(&self) -> Attribution {
+        crate::connectors::attribute(&self.shared.dir(), self.peer.ip(), self.client_cert.as_ref())
     }
 
     /// An error reply with the session's suffix.
@@ -98,7 +124,22 @@ impl Session {
 
     pub(crate) async fn run<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut Io<S>) -> Next {
         loop {
-            let line = match io.line().await {
+            let idle = Duration::from_secs(self.shared.dir().config.limits.smtp_idle_timeout_secs);
+            let deadline = self.shared.now() + idle;
+            self.shared.stat(|s| s.smtp_idle_sessions += 1);
+            let input = tokio::select! {
+                input = io.line() => Some(input),
+                () = self.shared.sleep_until(deadline) => None,
+            };
+            self.shared.stat(|s| {
+                s.smtp_idle_sessions -= 1;
+                s.smtp_commands += u64::from(matches!(input, Some(Ok(Input::Line(_)))));
+            });
+            let Some(input) = input else {
+                let _ = io.send(&self.err(text::IDLE_TIMEOUT)).await;
+                return Next::Close;
+            };
+            let line = match input {
                 Ok(Input::Line(l)) => l,
                 Ok(Input::TooLong) => {
                     if io.send(&self.err(text::LINE_TOO_LONG)).await.is_err() {
@@ -163,7 +204,11 @@ impl Session {
             Command::Ehlo(_) => {
                 self.helo = true;
                 self.tx = None;
-                io.send(&self.ctx.ehlo(&self.client_ip(), self.tls)).await?;
+                let reply = match self.endpoint {
+                    Endpoint::Submission => self.ctx.ehlo(&self.client_ip(), self.tls),
+                    Endpoint::Mx => self.ctx.ehlo_mx(&self.client_ip(), self.tls),
+                };
+                io.send(&reply).await?;
             }
             Command::Helo(_) => {
                 self.helo = true;
@@ -219,8 +264,19 @@ impl Session {
         Ok(Flow::Continue)
     }
 
-    /// The checks every mail command shares: hello, then TLS, then AUTH.
+    /// The checks every mail command shares: hello, then TLS, then AUTH. On the MX endpoint:
+    /// hello, then TLS only if the matched connector requires it (GUESS: with the submission
+    /// endpoint's text), no AUTH.
     fn gate(&self) -> Option<Reply> {
+        if self.endpoint == Endpoint::Mx {
+            return if !self.helo {
+                Some(self.err(text::SEND_HELLO_FIRST))
+            } else if !self.tls && matches!(self.attribution(), Attribution::Connector { require_tls: true, .. }) {
+                Some(self.err(text::STARTTLS_REQUIRED))
+            } else {
+                None
+            };
+        }
         if !self.helo {
             Some(self.err(text::SEND_HELLO_FIRST))
         } else if !self.tls {
@@ -257,6 +313,9 @@ impl Session {
             return r;
         }
         let limits = self.shared.dir().config.limits;
+        if self.endpoint == Endpoint::Mx {
+            return self.rcpt_mx(to);
+        }
         let Some(tx) = self.tx.as_mut() else {
             return self.err(text::NEED_MAIL);
         };
@@ -268,6 +327,30 @@ impl Session {
         // Submission accepts any well-formed recipient, inside or outside the tenant; an
         // unknown internal one comes back later as an NDR, not at RCPT.
         tx.rcpts.push(to.to_string());
+        ok::rcpt()
+    }
+
+    /// RCPT on the MX endpoint: the connector and direct-send rules.
+    fn rcpt_mx(&mut self, to: Address) -> Reply {
+        let Some(tx) = self.tx.as_ref() else {
+            return self.err(text::NEED_MAIL);
+        };
+        let from = tx.from.as_ref().map(|a| a.to_string()).unwrap_or_default();
+        let rcpt = to.to_string();
+        let verdict = crate::connectors::verdict(&self.shared.dir(), &self.attribution(), &from, &rcpt);
+        let refusal = match verdict {
+            Verdict::Accept => None,
+            Verdict::UnknownRecipient => Some(text::DBEB_REJECTED),
+            Verdict::TenantAttribution => Some(text::TENANT_ATTRIBUTION),
+            Verdict::NonAcceptedDomain => Some(text::RELAY_NON_ACCEPTED),
+            Verdict::DirectSendRejected => Some(text::DIRECT_SEND_REJECTED),
+        };
+        if let Some(t) = refusal {
+            return self.err(t);
+        }
+        if let Some(tx) = self.tx.as_mut() {
+            tx.rcpts.push(rcpt);
+        }
         ok::rcpt()
     }
 
@@ -337,7 +420,11 @@ impl Session {
     }
 
     fn max_size(&self) -> u64 {
-        self.shared.dir().max_send_size(self.mailbox().unwrap_or_default())
+        match self.endpoint {
+            Endpoint::Submission => self.shared.dir().max_send_size(self.mailbox().unwrap_or_default()),
+            // No mailbox on the MX endpoint: the organisation's limit.
+            Endpoint::Mx => self.shared.dir().config.limits.max_send_size,
+        }
     }
 }
 

@@ -78,9 +78,18 @@ fn peer(name: &str) -> PathBuf {
 }
 
 impl Sim {
-    /// Runs an smtplib script (see `peers/smtp_peer.py`) and returns one (code, text) per step.
+    /// Runs an smtplib script (see `peers/smtp_peer.py`) against the submission endpoint and
+    /// returns one (code, text) per step.
     pub async fn smtp(&self, script: Value) -> Vec<(i64, String)> {
-        let addr = self.sim.smtp_addr();
+        self.peer_at(self.sim.smtp_addr(), script).await
+    }
+
+    /// The same against the MX endpoint.
+    pub async fn mx(&self, script: Value) -> Vec<(i64, String)> {
+        self.peer_at(self.sim.mx_addr(), script).await
+    }
+
+    async fn peer_at(&self, addr: std::net::SocketAddr, script: Value) -> Vec<(i64, String)> {
         let out = tokio::process::Command::new("python3")
             .arg(peer("smtp_peer.py"))
             .arg(addr.ip().to_string())
@@ -159,12 +168,25 @@ pub fn message(from: &str, to: &str) -> String {
 /// with Exchange Online's `[HOST time session]` suffix.
 #[track_caller]
 pub fn expect(got: &(i64, String), code: i64, text: &str) {
+    expect_from(HOST, got, code, text)
+}
+
+/// [`expect`] for the MX endpoint's host name.
+#[track_caller]
+pub fn expect_mx(got: &(i64, String), code: i64, text: &str) {
+    expect_from(MX_HOST, got, code, text)
+}
+
+pub const MX_HOST: &str = "SIM0EUR01FT001.mail.protection.outlook.com";
+
+#[track_caller]
+fn expect_from(host: &str, got: &(i64, String), code: i64, text: &str) {
     assert_eq!(got.0, code, "reply {got:?}, wanted {code} {text}");
     assert!(got.1.starts_with(text), "reply {got:?}, wanted text starting {text:?}");
     if code >= 400 {
         let suffix = &got.1[text.len()..];
         assert!(
-            suffix.starts_with(&format!(" [{HOST} ")) && suffix.ends_with(']'),
+            suffix.starts_with(&format!(" [{host} ")) && suffix.ends_with(']'),
             "error text without the [HOST time session] suffix: {got:?}"
         );
     }

@@ -5,9 +5,12 @@ usage: smtp_peer.py HOST PORT CAFILE SCRIPT_JSON
 
 SCRIPT_JSON is a list of steps; each step is a list whose first item names it:
   ["connect"]                      connect, record the banner
+  ["connect_from", ip]             connect from a chosen local address (127.0.0.x), record the banner
   ["ehlo"] / ["ehlo", name]        EHLO
   ["helo"]                         HELO
   ["starttls"]                     STARTTLS with certificate verification against CAFILE
+  ["starttls_cert", cert, key]     STARTTLS presenting a client certificate (PEM files; the
+                                   cert file may hold the chain)
   ["starttls_legacy"]              STARTTLS offering only TLS 1.0/1.1 (expects a failed handshake)
   ["cmd", "LINE"]                  any command line, reply recorded as is
   ["raw", "BYTES"]                 send BYTES as they are (no CRLF added), record one reply
@@ -17,6 +20,7 @@ SCRIPT_JSON is a list of steps; each step is a list whose first item names it:
   ["data", message]                DATA then the message (smtplib dot-stuffs and adds CRLF.CRLF)
   ["send", from, [to...], message] MAIL, RCPTs and DATA in one go; records the DATA reply
   ["repeat", n, [steps...]]        run the steps n times, recording only the last round
+  ["read"]                         wait for a reply the server sends unasked (e.g. on a timeout)
   ["quit"]                         QUIT
 
 Prints a JSON list with one [code, text] per step (multi-line texts joined with "\\n"). A
@@ -48,6 +52,9 @@ def main():
         kind = step[0]
         if kind == "connect":
             return s.connect(host, port)
+        if kind == "connect_from":
+            s.source_address = (step[1], 0)
+            return s.connect(host, port)
         if kind == "ehlo":
             return s.ehlo(step[1] if len(step) > 1 else "client.example")
         if kind == "helo":
@@ -55,6 +62,11 @@ def main():
         if kind == "starttls":
             ctx = ssl.create_default_context(cafile=cafile)
             # The certificate is for 127.0.0.1 and localhost.
+            s._host = host
+            return s.starttls(context=ctx)
+        if kind == "starttls_cert":
+            ctx = ssl.create_default_context(cafile=cafile)
+            ctx.load_cert_chain(step[1], step[2])
             s._host = host
             return s.starttls(context=ctx)
         if kind == "starttls_legacy":
@@ -107,6 +119,8 @@ def main():
                 for sub in step[2]:
                     last = run(sub)
             return last
+        if kind == "read":
+            return s.getreply()
         if kind == "quit":
             return s.quit()
         raise ValueError("unknown step %r" % (kind,))
