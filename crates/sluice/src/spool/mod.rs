@@ -2,23 +2,25 @@
 //!
 //! Layout under the spool directory:
 //! - `tmp/`     files being written; anything here at start-up is debris from a crash and is removed.
-//! - `queue/`   committed messages: `<id>.eml` (the body as received, CRLF line endings, not dot-stuffed)
-//!   and `<id>.json` (the [`QueueRecord`]: envelope and per-recipient state).
+//! - `queue/`   committed messages: `<id>.msg` holds one line with the [`QueueRecord`] as it was at accept
+//!   time (envelope, per-recipient state) and then the body as received (CRLF line endings, not
+//!   dot-stuffed); `<id>.state`, once a delivery attempt has changed anything, the newer record.
 //! - `corrupt/` entries recovery could not read, moved aside for the admin with the reason logged.
 //!
 //! Commit protocol (the listener answers 250 only after [`Spool::commit`] returns `Ok`):
-//! 1. write the body to `tmp/`, fsync; write the record to `tmp/`, fsync;
-//! 2. rename the body into `queue/`, then the record (the record is what makes the entry live, so it
-//!    goes last: a body without a record is an uncommitted leftover);
-//! 3. fsync `queue/` so both names survive a power loss.
+//! 1. write record line and body to `tmp/<id>.msg`, fsync it;
+//! 2. rename it into `queue/`: from then on the message is live, and it is complete by construction;
+//! 3. fsync `queue/` so the name survives a power loss (shared by concurrent commits, see [`GroupSync`]).
 //!
-//! Record updates are write-temp, fsync, rename over, fsync dir: a reader sees the old or the new record,
-//! never a mix. Removal deletes the record first, then the body.
+//! One file, one fsync: the record and the body cannot be found apart, and a commit costs one file fsync
+//! plus its share of a directory fsync. State updates are write-temp, fsync, rename over `<id>.state`,
+//! fsync dir: a reader sees the old or the new state, never a mix. Removal deletes the state first, then
+//! the message.
 
 pub mod record;
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -133,62 +135,68 @@ impl Spool {
         format!("{:012X}{:04X}", micros & 0xFFFF_FFFF_FFFF, n)
     }
 
-    fn body_path(&self, id: &str) -> PathBuf {
-        self.inner.queue.join(format!("{id}.eml"))
+    fn message_path(&self, id: &str) -> PathBuf {
+        self.inner.queue.join(format!("{id}.{MESSAGE_EXT}"))
     }
 
-    fn record_path(&self, id: &str) -> PathBuf {
-        self.inner.queue.join(format!("{id}.json"))
+    fn state_path(&self, id: &str) -> PathBuf {
+        self.inner.queue.join(format!("{id}.{STATE_EXT}"))
     }
 
     /// Makes a new message durable. Blocking: call from a blocking thread.
-    /// On error nothing live is left behind (temp files are removed), so the caller answers 451.
+    /// On error nothing live is left behind (the temp file is removed), so the caller answers 451.
     pub fn commit(&self, record: &QueueRecord, body: &[u8]) -> io::Result<()> {
         debug_assert_eq!(record.size, body.len() as u64);
         let id = &record.id;
-        let tmp_body = self.inner.tmp.join(format!("{id}.eml"));
-        let tmp_record = self.inner.tmp.join(format!("{id}.json"));
+        let tmp = self.inner.tmp.join(format!("{id}.{MESSAGE_EXT}"));
         let result = (|| {
-            write_synced(&tmp_body, body)?;
-            write_synced(&tmp_record, &encode(record)?)?;
-            fs::rename(&tmp_body, self.body_path(id))?;
-            fs::rename(&tmp_record, self.record_path(id))?;
+            let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            file.write_all(&message_header(record)?)?;
+            file.write_all(body)?;
+            file.sync_all()?;
+            drop(file);
+            fs::rename(&tmp, self.message_path(id))?;
             self.inner.queue_sync.sync(&self.inner.queue)
         })();
         if result.is_err() {
-            // Leave no half-queued entry: without its record a body is not live, but remove both so a
-            // later recovery has nothing to puzzle over.
-            let _ = fs::remove_file(self.record_path(id));
-            let _ = fs::remove_file(self.body_path(id));
-            let _ = fs::remove_file(&tmp_body);
-            let _ = fs::remove_file(&tmp_record);
+            // The rename may have happened without its directory fsync: take the name back so nothing
+            // un-acknowledged becomes live at the next start.
+            let _ = fs::remove_file(self.message_path(id));
+            let _ = fs::remove_file(&tmp);
         }
         result
     }
 
-    /// Replaces the record of a queued message atomically. Blocking.
+    /// Records a queued message's new state atomically (it supersedes the record written at accept
+    /// time). Blocking.
     pub fn update(&self, record: &QueueRecord) -> io::Result<()> {
-        let tmp = self.inner.tmp.join(format!("{}.json.update", record.id));
+        let tmp = self.inner.tmp.join(format!("{}.{STATE_EXT}", record.id));
         write_synced(&tmp, &encode(record)?)?;
-        fs::rename(&tmp, self.record_path(&record.id))?;
+        fs::rename(&tmp, self.state_path(&record.id))?;
         self.inner.queue_sync.sync(&self.inner.queue)
     }
 
-    /// Removes a finished message. Blocking. The record goes first: once it is gone the entry is dead.
+    /// Removes a finished message. Blocking. The state goes first, then the message: a crash between
+    /// the two leaves the message with its accept-time record, to be delivered again (a duplicate, never
+    /// a loss).
     pub fn remove(&self, id: &str) -> io::Result<()> {
-        match fs::remove_file(self.record_path(id)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
+        for path in [self.state_path(id), self.message_path(id)] {
+            match fs::remove_file(path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
         }
-        match fs::remove_file(self.body_path(id)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        Ok(())
     }
 
     /// Reads a queued message's body. Blocking.
     pub fn read_body(&self, id: &str) -> io::Result<Vec<u8>> {
-        fs::read(self.body_path(id))
+        let mut reader = io::BufReader::new(File::open(self.message_path(id))?);
+        let mut header = Vec::new();
+        read_header_line(&mut reader, &mut header)?;
+        let mut body = Vec::new();
+        reader.read_to_end(&mut body)?;
+        Ok(body)
     }
 
     /// Scans the spool at start-up. Never fails on a bad entry: it is quarantined and reported.
@@ -197,34 +205,40 @@ impl Spool {
         for entry in fs::read_dir(&self.inner.tmp)? {
             let _ = fs::remove_file(entry?.path());
         }
-        let mut records = Vec::new();
-        let mut bodies = Vec::new();
+        let mut messages = Vec::new();
+        let mut states = Vec::new();
         for entry in fs::read_dir(&self.inner.queue)? {
             let name = entry?.file_name().to_string_lossy().into_owned();
-            if let Some(id) = name.strip_suffix(".json") {
-                records.push(id.to_owned());
-            } else if let Some(id) = name.strip_suffix(".eml") {
-                bodies.push(id.to_owned());
-            } else {
-                self.move_aside(&name)?;
-                recovery.quarantined.push((name, "unexpected file in queue directory".into()));
+            match name.rsplit_once('.') {
+                Some((id, MESSAGE_EXT)) => messages.push(id.to_owned()),
+                Some((id, STATE_EXT)) => states.push(id.to_owned()),
+                _ => {
+                    self.move_aside(&name)?;
+                    recovery.quarantined.push((name, "unexpected file in queue directory".into()));
+                }
             }
         }
-        records.sort();
-        bodies.sort();
-        for id in &bodies {
-            if records.binary_search(id).is_err() {
-                fs::remove_file(self.body_path(id))?;
+        messages.sort();
+        for id in &states {
+            if messages.binary_search(id).is_err() {
+                // Only a removal interrupted in an impossible order could leave this; it carries no mail.
+                fs::remove_file(self.state_path(id))?;
                 recovery.uncommitted_removed += 1;
             }
         }
-        for id in records {
+        for id in messages {
             match self.load(&id) {
-                Ok(record) => recovery.records.push(record),
+                Ok((record, state_problem)) => {
+                    if let Some(reason) = state_problem {
+                        self.move_aside(&format!("{id}.{STATE_EXT}"))?;
+                        recovery.quarantined.push((id.clone(), reason));
+                    }
+                    recovery.records.push(record);
+                }
                 Err(reason) => {
-                    self.move_aside(&format!("{id}.json"))?;
-                    if bodies.binary_search(&id).is_ok() {
-                        self.move_aside(&format!("{id}.eml"))?;
+                    self.move_aside(&format!("{id}.{MESSAGE_EXT}"))?;
+                    if states.contains(&id) {
+                        self.move_aside(&format!("{id}.{STATE_EXT}"))?;
                     }
                     recovery.quarantined.push((id, reason));
                 }
@@ -234,28 +248,72 @@ impl Spool {
         Ok(recovery)
     }
 
-    fn load(&self, id: &str) -> Result<QueueRecord, String> {
-        let bytes = fs::read(self.record_path(id)).map_err(|e| format!("unreadable record: {e}"))?;
-        let record: QueueRecord = serde_json::from_slice(&bytes).map_err(|e| format!("unparsable record: {e}"))?;
-        if record.version != RECORD_VERSION {
-            return Err(format!("record version {} is not {RECORD_VERSION}", record.version));
+    /// Reads an entry: the record from the message file (checked against the body's length), superseded
+    /// by the state file when there is a readable one. A bad state file is reported but does not cost
+    /// the message: the accept-time record still delivers it (maybe again to some recipients).
+    fn load(&self, id: &str) -> Result<(QueueRecord, Option<String>), String> {
+        let file = File::open(self.message_path(id)).map_err(|e| format!("unreadable message: {e}"))?;
+        let length = file.metadata().map_err(|e| format!("unreadable message: {e}"))?.len();
+        let mut header = Vec::new();
+        read_header_line(&mut io::BufReader::new(file), &mut header).map_err(|e| format!("bad message header: {e}"))?;
+        let json = header.strip_prefix(MESSAGE_MAGIC).ok_or("not a sluice queue file")?;
+        let accepted = check_record(id, json)?;
+        let body = length - header.len() as u64;
+        if body != accepted.size {
+            return Err(format!("body is {body} bytes, record says {}", accepted.size));
         }
-        if record.id != id {
-            return Err(format!("record names id {:?}", record.id));
-        }
-        if record.recipients.is_empty() {
-            return Err("record has no recipients".into());
-        }
-        match fs::metadata(self.body_path(id)) {
-            Ok(meta) if meta.len() == record.size => Ok(record),
-            Ok(meta) => Err(format!("body is {} bytes, record says {}", meta.len(), record.size)),
-            Err(e) => Err(format!("body missing: {e}")),
+        match fs::read(self.state_path(id)) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok((accepted, None)),
+            Err(e) => Ok((accepted, Some(format!("unreadable state file ({e}); using the record from accept time")))),
+            Ok(bytes) => match check_record(id, &bytes) {
+                Ok(state) => Ok((state, None)),
+                Err(reason) => Ok((accepted, Some(format!("bad state file ({reason}); using the record from accept time")))),
+            },
         }
     }
 
     fn move_aside(&self, file: &str) -> io::Result<()> {
         fs::rename(self.inner.queue.join(file), self.inner.corrupt.join(file))
     }
+}
+
+/// Queue file names: `<id>.msg` holds the record from accept time and the body; `<id>.state` the newer
+/// state once a delivery attempt changed it.
+const MESSAGE_EXT: &str = "msg";
+const STATE_EXT: &str = "state";
+/// The first line of a message file is this, then the record as JSON (which never holds a raw newline).
+const MESSAGE_MAGIC: &[u8] = b"sluice-queue ";
+/// A record line longer than this is not ours (a runaway read of a damaged file stops here).
+const MAX_HEADER_LINE: u64 = 16 * 1024 * 1024;
+
+fn message_header(record: &QueueRecord) -> io::Result<Vec<u8>> {
+    let mut line = MESSAGE_MAGIC.to_vec();
+    serde_json::to_writer(&mut line, record).map_err(io::Error::other)?;
+    line.push(b'\n');
+    Ok(line)
+}
+
+/// Reads the record line, newline included.
+fn read_header_line(reader: &mut impl io::BufRead, line: &mut Vec<u8>) -> io::Result<()> {
+    reader.take(MAX_HEADER_LINE).read_until(b'\n', line)?;
+    if line.last() != Some(&b'\n') {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "record line is cut short"));
+    }
+    Ok(())
+}
+
+fn check_record(id: &str, json: &[u8]) -> Result<QueueRecord, String> {
+    let record: QueueRecord = serde_json::from_slice(json).map_err(|e| format!("unparsable record: {e}"))?;
+    if record.version != RECORD_VERSION {
+        return Err(format!("record version {} is not {RECORD_VERSION}", record.version));
+    }
+    if record.id != id {
+        return Err(format!("record names id {:?}", record.id));
+    }
+    if record.recipients.is_empty() {
+        return Err("record has no recipients".into());
+    }
+    Ok(record)
 }
 
 fn encode(record: &QueueRecord) -> io::Result<Vec<u8>> {
@@ -354,6 +412,15 @@ mod tests {
         assert!(spool.recover().unwrap().records.is_empty());
     }
 
+    /// Writes a message file by hand, as a crash or a bad disk might have left it.
+    fn raw_message(dir: &Path, id: &str, header_json: &[u8], body: &[u8]) {
+        let mut bytes = MESSAGE_MAGIC.to_vec();
+        bytes.extend_from_slice(header_json);
+        bytes.push(b'\n');
+        bytes.extend_from_slice(body);
+        fs::write(dir.join(format!("queue/{id}.msg")), bytes).unwrap();
+    }
+
     #[test]
     fn truncated_body_and_garbage_record_are_quarantined() {
         let dir = tempfile::tempdir().unwrap();
@@ -361,11 +428,9 @@ mod tests {
         let good = record("00000000000000A1", b"abc\r\n");
         spool.commit(&good, b"abc\r\n").unwrap();
         let short = record("00000000000000A2", b"abcdef\r\n");
-        spool.commit(&short, b"abcdef\r\n").unwrap();
-        fs::write(dir.path().join("queue/00000000000000A2.eml"), b"abc").unwrap();
-        fs::write(dir.path().join("queue/00000000000000A3.json"), b"{\"version\":1,\"id\":").unwrap();
-        fs::write(dir.path().join("queue/00000000000000A3.eml"), b"x").unwrap();
-        fs::write(dir.path().join("queue/00000000000000A4.eml"), b"orphan").unwrap();
+        raw_message(dir.path(), "00000000000000A2", &serde_json::to_vec(&short).unwrap(), b"abc");
+        raw_message(dir.path(), "00000000000000A3", b"{\"version\":1,\"id\":", b"x");
+        fs::write(dir.path().join("queue/00000000000000A4.state"), b"{}").unwrap();
         fs::write(dir.path().join("tmp/junk"), b"debris").unwrap();
 
         let found = spool.recover().unwrap();
@@ -373,27 +438,42 @@ mod tests {
         let ids: Vec<_> = found.quarantined.iter().map(|(id, _)| id.as_str()).collect();
         assert_eq!(ids, ["00000000000000A2", "00000000000000A3"]);
         assert!(found.quarantined[0].1.contains("bytes"), "{:?}", found.quarantined);
-        assert_eq!(found.uncommitted_removed, 1);
-        assert!(dir.path().join("corrupt/00000000000000A3.json").exists());
-        assert!(dir.path().join("corrupt/00000000000000A2.eml").exists());
+        assert_eq!(found.uncommitted_removed, 1, "the state file without a message");
+        assert!(dir.path().join("corrupt/00000000000000A3.msg").exists());
+        assert!(dir.path().join("corrupt/00000000000000A2.msg").exists());
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }
 
     #[test]
-    fn a_record_cut_at_any_byte_is_quarantined_not_a_panic() {
+    fn a_bad_state_file_falls_back_to_the_accept_time_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let rec = record("00000000000000C1", b"x\r\n");
+        spool.commit(&rec, b"x\r\n").unwrap();
+        fs::write(dir.path().join("queue/00000000000000C1.state"), b"{\"version\":1,").unwrap();
+        let found = spool.recover().unwrap();
+        assert_eq!(found.records, vec![rec], "the message is kept");
+        assert_eq!(found.quarantined.len(), 1);
+        assert!(found.quarantined[0].1.contains("accept time"), "{:?}", found.quarantined);
+        assert!(dir.path().join("corrupt/00000000000000C1.state").exists());
+    }
+
+    #[test]
+    fn a_message_file_cut_at_any_byte_is_quarantined_not_a_panic() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
         let body = b"hello\r\n";
         let rec = record("0000000000000B00", body);
-        let full = serde_json::to_vec(&rec).unwrap();
+        spool.commit(&rec, body).unwrap();
+        let full = fs::read(dir.path().join("queue/0000000000000B00.msg")).unwrap();
         for cut in 0..full.len() {
-            fs::write(dir.path().join("queue/0000000000000B00.json"), &full[..cut]).unwrap();
-            fs::write(dir.path().join("queue/0000000000000B00.eml"), body).unwrap();
+            fs::write(dir.path().join("queue/0000000000000B00.msg"), &full[..cut]).unwrap();
             let found = spool.recover().unwrap();
             assert!(found.records.is_empty(), "cut at {cut} parsed");
-            assert_eq!(found.quarantined.len(), 1);
-            fs::remove_file(dir.path().join("corrupt/0000000000000B00.json")).unwrap();
-            fs::remove_file(dir.path().join("corrupt/0000000000000B00.eml")).unwrap();
+            assert_eq!(found.quarantined.len(), 1, "cut at {cut}");
+            fs::remove_file(dir.path().join("corrupt/0000000000000B00.msg")).unwrap();
         }
+        fs::write(dir.path().join("queue/0000000000000B00.msg"), &full).unwrap();
+        assert_eq!(spool.recover().unwrap().records, vec![rec]);
     }
 }
