@@ -22,6 +22,7 @@ pub mod config;
 pub mod demo;
 pub mod dsn;
 pub mod listener;
+pub mod oauth;
 pub mod policy;
 pub mod scheduler;
 pub mod sendmail;

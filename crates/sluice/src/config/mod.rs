@@ -16,7 +16,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use raw::RawConfig;
-pub use raw::{ClientCertificate, Credential, ListenerTls, UpstreamKind, UpstreamTls};
+pub use raw::{ClientCertificate, Credential, ListenerTls, SenderRewrite, UpstreamKind, UpstreamTls};
 
 use crate::policy::abuse::AbuseLimits;
 use crate::policy::{CertificateRule, NetworkRule, Policy, Rules};
@@ -93,6 +93,11 @@ fn locate(text: &str, key: &str) -> Option<usize> {
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a value obtained at run time (an access token).
+    pub fn new(value: String) -> Secret {
+        Secret(value)
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -170,11 +175,14 @@ pub struct UserConfig {
 #[derive(Clone)]
 pub struct UpstreamConfig {
     pub kind: UpstreamKind,
+    /// SMTP host (unused by `m365-graph`, which shows its Graph host here).
     pub host: String,
     pub port: u16,
     pub tls: UpstreamTls,
+    /// TLS for SMTP (with the connector's client certificate, if any).
     pub tls_config: Arc<rustls::ClientConfig>,
     pub server_name: ServerName<'static>,
+    /// User and password for AUTH PLAIN/LOGIN (`smtp` with a username, `m365-basic`).
     pub credentials: Option<(String, Secret)>,
     pub helo_name: String,
     pub connections: usize,
@@ -182,22 +190,84 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
     pub idle_timeout: Duration,
+    /// The mailbox mail is sent as (Microsoft kinds that authenticate as a mailbox).
+    pub mailbox: Option<String>,
+    /// App-only tokens (`m365-oauth`, `m365-graph`).
+    pub oauth: Option<OAuthConfig>,
+    /// Graph sendMail (`m365-graph`).
+    pub graph: Option<GraphConfig>,
+    /// TLS for HTTPS (token endpoint, Graph): the same trust anchors as SMTP, no client certificate.
+    pub https_tls: Arc<rustls::ClientConfig>,
+    /// How long a held route waits before it is tried again on its own.
+    pub hold_recheck: Duration,
+    pub sender_rewrite: SenderRewrite,
+    pub shaping: Shaping,
+}
+
+/// Where and how app-only tokens are obtained (client credentials flow).
+#[derive(Clone, Debug)]
+pub struct OAuthConfig {
+    pub token_url: String,
+    pub client_id: String,
+    pub scope: String,
+    pub credential: OAuthCredential,
+}
+
+#[derive(Clone)]
+pub enum OAuthCredential {
+    Secret(Secret),
+    /// A certificate registered on the app and its RSA key: the token request carries a signed JWT.
+    Certificate {
+        cert_der: Vec<u8>,
+        /// PKCS#8 DER of the RSA private key.
+        key_pkcs8: Arc<Vec<u8>>,
+    },
+}
+
+impl fmt::Debug for OAuthCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OAuthCredential::Secret(_) => f.write_str("Secret([redacted])"),
+            OAuthCredential::Certificate { .. } => f.write_str("Certificate([key redacted])"),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct GraphConfig {
+    /// `{graph_url}/v1.0/users/{mailbox}/sendMail`.
+    pub send_mail_url: String,
+    pub save_to_sent_items: bool,
+}
+
+/// Per-mailbox limits (0 or `usize::MAX` = none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shaping {
+    pub messages_per_minute: u32,
+    pub recipients_per_day: u32,
+    pub max_recipients_per_message: usize,
 }
 
 impl fmt::Debug for UpstreamConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UpstreamConfig")
+            .field("kind", &self.kind)
             .field("host", &self.host)
             .field("port", &self.port)
             .field("tls", &self.tls)
             .field("username", &self.credentials.as_ref().map(|(user, _)| user))
+            .field("mailbox", &self.mailbox)
+            .field("oauth", &self.oauth)
             .finish_non_exhaustive()
     }
 }
 
 impl UpstreamConfig {
-    /// "host:port", for logs and DSNs.
+    /// "host:port" (or the Graph host), for logs and DSNs.
     pub fn display_name(&self) -> String {
+        if self.kind == UpstreamKind::M365Graph {
+            return self.host.clone();
+        }
         format!("{}:{}", self.host, self.port)
     }
 }
@@ -422,69 +492,341 @@ fn resolve(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
     Ok(Config { hostname, spool_dir, listeners, users, upstream, retry, policy, abuse, warnings })
 }
 
+fn read_secret(
+    file: Option<&PathBuf>,
+    env: Option<&String>,
+    base: &Path,
+    file_key: &str,
+    env_key: &str,
+) -> Result<Option<Secret>, ConfigError> {
+    match (file, env) {
+        (Some(_), Some(_)) => Err(invalid(file_key, format!("set {file_key} or {env_key}, not both"))),
+        (Some(file), None) => {
+            let path = base.join(file);
+            let text =
+                std::fs::read_to_string(&path).map_err(|e| invalid(file_key, format!("{}: {e}", path.display())))?;
+            Ok(Some(Secret(text.trim_end_matches(['\r', '\n']).to_owned())))
+        }
+        (None, Some(var)) => Ok(Some(Secret(
+            std::env::var(var).map_err(|_| invalid(env_key, format!("environment variable {var} is not set")))?,
+        ))),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Microsoft's notice, shown by `serve` and `check-config` for `m365-basic`.
+pub const BASIC_AUTH_RETIREMENT: &str = "upstream kind \"m365-basic\" uses SMTP AUTH basic authentication, which Microsoft \
+is retiring for Exchange Online: disabled by default for existing tenants at the end of December 2026, final removal \
+announced for the second half of 2027 (then: 550 5.7.30 Basic authentication is not supported for Client Submission). \
+Move to kind = \"m365-oauth\", \"m365-graph\" or \"m365-connector\".";
+
+const M365_SMTP_HOST: &str = "smtp.office365.com";
+const OUTLOOK_SCOPE: &str = "https://outlook.office365.com/.default";
+const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
+const GRAPH_URL: &str = "https://graph.microsoft.com";
+
 fn resolve_upstream(
     u: raw::RawUpstream,
     base: &Path,
     hostname: &str,
     warnings: &mut Vec<String>,
 ) -> Result<UpstreamConfig, ConfigError> {
-    let password = match (&u.password_file, &u.password_env) {
-        (Some(_), Some(_)) => {
-            return Err(invalid("upstream.password_file", "set password_file or password_env, not both"));
-        }
-        (Some(file), None) => {
-            let path = base.join(file);
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| invalid("upstream.password_file", format!("{}: {e}", path.display())))?;
-            Some(Secret(text.trim_end_matches(['\r', '\n']).to_owned()))
-        }
-        (None, Some(var)) => Some(Secret(
-            std::env::var(var)
-                .map_err(|_| invalid("upstream.password_env", format!("environment variable {var} is not set")))?,
-        )),
-        (None, None) => None,
-    };
-    let credentials = match (u.username, password) {
-        (Some(user), Some(pass)) => Some((user, pass)),
-        (None, None) => None,
-        (Some(_), None) => {
-            return Err(invalid("upstream.username", "needs password_file or password_env"));
-        }
-        (None, Some(_)) => {
-            return Err(invalid("upstream.username", "a password is set but no username"));
+    use UpstreamKind as K;
+    let kind = u.kind;
+    let kind_name = kind.name();
+    let not_for = |key: &str, set: bool| -> Result<(), ConfigError> {
+        if set {
+            Err(invalid(format!("upstream.{key}"), format!("not used by kind = \"{kind_name}\"")))
+        } else {
+            Ok(())
         }
     };
+    let password = read_secret(
+        u.password_file.as_ref(),
+        u.password_env.as_ref(),
+        base,
+        "upstream.password_file",
+        "upstream.password_env",
+    )?;
+    // m365-basic signs in as its mailbox; `username` is accepted there as another name for it.
+    let mailbox = match kind {
+        K::M365Basic => u.mailbox.clone().or_else(|| u.username.clone()),
+        _ => u.mailbox.clone(),
+    };
+    let oauth_keys_set = u.client_id.is_some()
+        || u.tenant.is_some()
+        || u.client_secret_file.is_some()
+        || u.client_secret_env.is_some()
+        || u.client_certificate_file.is_some()
+        || u.token_url.is_some();
+
+    // Per kind: host, port, who we authenticate as.
+    let (host, port) = match kind {
+        K::Smtp | K::M365Connector => {
+            let host = u.host.clone().ok_or_else(|| {
+                invalid(
+                    "upstream.host",
+                    if kind == K::Smtp {
+                        "required".to_owned()
+                    } else {
+                        "required: the tenant's MX host, e.g. contoso-com.mail.protection.outlook.com".to_owned()
+                    },
+                )
+            })?;
+            (host, u.port.unwrap_or(if kind == K::Smtp { default_upstream_port() } else { 25 }))
+        }
+        K::M365Oauth | K::M365Basic => {
+            (u.host.clone().unwrap_or_else(|| M365_SMTP_HOST.to_owned()), u.port.unwrap_or(default_upstream_port()))
+        }
+        K::M365Graph => {
+            not_for("host", u.host.is_some())?;
+            not_for("port", u.port.is_some())?;
+            (String::new(), 443)
+        }
+    };
+    let credentials = match kind {
+        K::Smtp => match (u.username.clone(), password) {
+            (Some(user), Some(pass)) => Some((user, pass)),
+            (None, None) => None,
+            (Some(_), None) => return Err(invalid("upstream.username", "needs password_file or password_env")),
+            (None, Some(_)) => return Err(invalid("upstream.username", "a password is set but no username")),
+        },
+        K::M365Basic => {
+            let user = mailbox.clone().or_else(|| u.username.clone()).ok_or_else(|| {
+                invalid("upstream.mailbox", "required: the mailbox whose password sluice signs in with")
+            })?;
+            let pass = password.ok_or_else(|| invalid("upstream.password_file", "required (or password_env)"))?;
+            warnings.push(BASIC_AUTH_RETIREMENT.to_owned());
+            Some((user, pass))
+        }
+        K::M365Oauth | K::M365Graph | K::M365Connector => {
+            not_for("username", u.username.is_some())?;
+            not_for("password_file", password.is_some())?;
+            None
+        }
+    };
+    if matches!(kind, K::Smtp | K::M365Basic | K::M365Connector) {
+        not_for("client_id", oauth_keys_set)?;
+    }
+    if kind != K::M365Connector {
+        not_for("tls_client_cert_file", u.tls_client_cert_file.is_some() || u.tls_client_key_file.is_some())?;
+    }
+    if kind != K::M365Graph {
+        not_for("graph_url", u.graph_url.is_some())?;
+    }
+    if kind == K::M365Connector {
+        not_for("mailbox", mailbox.is_some())?;
+    }
+    if u.sender_rewrite == SenderRewrite::Mailbox && !matches!(kind, K::M365Oauth | K::M365Basic | K::M365Graph) {
+        not_for("sender_rewrite", true)?;
+    }
     if credentials.is_some() && u.tls == UpstreamTls::None {
         return Err(invalid(
             "upstream.tls",
             "AUTH would send the password unencrypted: use tls = \"starttls\" or \"implicit\"",
         ));
     }
-    if u.tls == UpstreamTls::None {
-        warnings.push(format!("upstream {}:{}: tls = \"none\": mail leaves sluice unencrypted", u.host, u.port));
+    if kind == K::M365Oauth && u.tls == UpstreamTls::None {
+        return Err(invalid("upstream.tls", "XOAUTH2 would send the token unencrypted: use tls = \"starttls\""));
+    }
+    if u.tls == UpstreamTls::None && kind != K::M365Graph {
+        warnings.push(format!("upstream {host}:{port}: tls = \"none\": mail leaves sluice unencrypted"));
     }
     if u.connections == 0 || u.max_messages_per_connection == 0 {
         return Err(invalid("upstream", "connections and max_messages_per_connection must be > 0"));
     }
-    let name = u.tls_server_name.clone().unwrap_or_else(|| u.host.clone());
-    let server_name = ServerName::try_from(name.clone())
-        .map_err(|e| invalid("upstream.tls_server_name", format!("{name:?}: {e}")))?;
-    let tls_config = Arc::new(client_tls(u.ca_file.as_ref().map(|f| base.join(f)).as_deref())?);
+
+    let roots = root_store(u.ca_file.as_ref().map(|f| base.join(f)).as_deref())?;
+    let https_tls = Arc::new(client_tls_with(roots.clone(), None)?);
+
+    let oauth = if matches!(kind, K::M365Oauth | K::M365Graph) {
+        let mailbox_ok = mailbox.as_deref().is_some_and(|m| m.contains('@'));
+        if !mailbox_ok {
+            return Err(invalid("upstream.mailbox", "required: the mailbox address sluice sends as"));
+        }
+        let client_id = u.client_id.clone().ok_or_else(|| invalid("upstream.client_id", "required"))?;
+        let token_url = match (&u.token_url, &u.tenant) {
+            (Some(url), _) => url.clone(),
+            (None, Some(tenant)) => format!("https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token"),
+            (None, None) => return Err(invalid("upstream.tenant", "required (or token_url)")),
+        };
+        if !token_url.starts_with("https://") {
+            return Err(invalid("upstream.token_url", "must be an https:// URL (the request carries the secret)"));
+        }
+        let secret = read_secret(
+            u.client_secret_file.as_ref(),
+            u.client_secret_env.as_ref(),
+            base,
+            "upstream.client_secret_file",
+            "upstream.client_secret_env",
+        )?;
+        let credential = match (secret, &u.client_certificate_file, &u.client_key_file) {
+            (Some(_), Some(_), _) => {
+                return Err(invalid(
+                    "upstream.client_certificate_file",
+                    "set a client secret or a certificate, not both",
+                ));
+            }
+            (Some(secret), None, _) => OAuthCredential::Secret(secret),
+            (None, Some(cert), Some(key)) => {
+                let cert_key = "upstream.client_certificate_file";
+                let cert_path = base.join(cert);
+                let cert_der = CertificateDer::pem_file_iter(&cert_path)
+                    .and_then(|mut it| it.next().transpose())
+                    .map_err(|e| invalid(cert_key, format!("{}: {e}", cert_path.display())))?
+                    .ok_or_else(|| invalid(cert_key, format!("{}: no certificate", cert_path.display())))?;
+                let key_path = base.join(key);
+                let key_der = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_file(&key_path).map_err(|e| {
+                    invalid(
+                        "upstream.client_key_file",
+                        format!("{}: {e} (a PKCS#8 RSA key is needed)", key_path.display()),
+                    )
+                })?;
+                let key_pkcs8 = key_der.secret_pkcs8_der().to_vec();
+                if ring::signature::RsaKeyPair::from_pkcs8(&key_pkcs8).is_err() {
+                    return Err(invalid(
+                        "upstream.client_key_file",
+                        "not an RSA key (Entra ID takes RSA certificates)",
+                    ));
+                }
+                OAuthCredential::Certificate { cert_der: cert_der.to_vec(), key_pkcs8: Arc::new(key_pkcs8) }
+            }
+            (None, Some(_), None) => {
+                return Err(invalid("upstream.client_key_file", "required with client_certificate_file"));
+            }
+            (None, None, _) => {
+                return Err(invalid(
+                    "upstream.client_secret_file",
+                    "required (or client_secret_env, or client_certificate_file + client_key_file)",
+                ));
+            }
+        };
+        let scope = u
+            .scope
+            .clone()
+            .unwrap_or_else(|| if kind == K::M365Graph { GRAPH_SCOPE.to_owned() } else { OUTLOOK_SCOPE.to_owned() });
+        Some(OAuthConfig { token_url, client_id, scope, credential })
+    } else {
+        not_for("scope", u.scope.is_some())?;
+        None
+    };
+
+    let graph = if kind == K::M365Graph {
+        let base_url = u.graph_url.clone().unwrap_or_else(|| GRAPH_URL.to_owned());
+        if !base_url.starts_with("https://") {
+            return Err(invalid("upstream.graph_url", "must be an https:// URL"));
+        }
+        let user = mailbox.clone().unwrap_or_default();
+        if !u.save_to_sent_items {
+            // Graph's MIME form of sendMail takes no parameters besides the message: Exchange saves the
+            // copy. Say so rather than pretend.
+            warnings.push(
+                "upstream.save_to_sent_items = false: Graph's MIME sendMail has no saveToSentItems parameter; \
+                 Exchange Online keeps a copy in Sent Items anyway"
+                    .to_owned(),
+            );
+        }
+        Some(GraphConfig {
+            send_mail_url: format!("{}/v1.0/users/{user}/sendMail", base_url.trim_end_matches('/')),
+            save_to_sent_items: u.save_to_sent_items,
+        })
+    } else {
+        None
+    };
+
+    let client_cert = match (&u.tls_client_cert_file, &u.tls_client_key_file) {
+        (Some(cert), Some(key)) => {
+            let cert_path = base.join(cert);
+            let chain = CertificateDer::pem_file_iter(&cert_path)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| invalid("upstream.tls_client_cert_file", format!("{}: {e}", cert_path.display())))?;
+            if chain.is_empty() {
+                return Err(invalid(
+                    "upstream.tls_client_cert_file",
+                    format!("{}: no certificate", cert_path.display()),
+                ));
+            }
+            if chain.len() == 1 {
+                warnings.push(
+                    "upstream.tls_client_cert_file holds one certificate: Exchange Online needs the full chain \
+                     (leaf then intermediates), else 550 5.7.64 TenantAttribution"
+                        .to_owned(),
+                );
+            }
+            let key_path = base.join(key);
+            let key_der = PrivateKeyDer::from_pem_file(&key_path)
+                .map_err(|e| invalid("upstream.tls_client_key_file", format!("{}: {e}", key_path.display())))?;
+            Some((chain, key_der))
+        }
+        (None, None) => None,
+        _ => {
+            return Err(invalid(
+                "upstream.tls_client_cert_file",
+                "set both tls_client_cert_file and tls_client_key_file",
+            ));
+        }
+    };
+    let tls_config = Arc::new(client_tls_with(roots, client_cert)?);
+
+    let (server_name, display_host) = if kind == K::M365Graph {
+        let url = &graph.as_ref().expect("graph kind").send_mail_url;
+        let host = url.trim_start_matches("https://").split(['/', ':']).next().unwrap_or("").to_owned();
+        (ServerName::try_from(host.clone()).map_err(|e| invalid("upstream.graph_url", format!("{host:?}: {e}")))?, host)
+    } else {
+        let name = u.tls_server_name.clone().unwrap_or_else(|| host.clone());
+        (
+            ServerName::try_from(name.clone())
+                .map_err(|e| invalid("upstream.tls_server_name", format!("{name:?}: {e}")))?,
+            host,
+        )
+    };
+
+    // Shaping: Exchange Online's per-mailbox limits for the Microsoft kinds; none for a generic smarthost.
+    let m365_mailbox = matches!(kind, K::M365Oauth | K::M365Basic | K::M365Graph);
+    let max_connections = u.max_connections_per_mailbox.unwrap_or(if m365_mailbox { 3 } else { usize::MAX });
+    if max_connections == 0 {
+        return Err(invalid("upstream.max_connections_per_mailbox", "must be > 0"));
+    }
+    let shaping = Shaping {
+        messages_per_minute: u.messages_per_minute.unwrap_or(if m365_mailbox { 30 } else { 0 }),
+        recipients_per_day: u.recipients_per_day.unwrap_or(if m365_mailbox { 10_000 } else { 0 }),
+        max_recipients_per_message: match u.max_recipients_per_message {
+            Some(0) => return Err(invalid("upstream.max_recipients_per_message", "must be > 0")),
+            Some(n) => n,
+            None if kind.is_m365() => 500,
+            None => usize::MAX,
+        },
+    };
+    if u.hold_recheck.is_zero() {
+        return Err(invalid("upstream.hold_recheck", "must be > 0"));
+    }
+
     Ok(UpstreamConfig {
-        kind: u.kind,
-        host: u.host,
-        port: u.port,
+        kind,
+        host: display_host,
+        port,
         tls: u.tls,
         tls_config,
         server_name,
         credentials,
         helo_name: u.helo_name.unwrap_or_else(|| hostname.to_owned()),
-        connections: u.connections,
+        connections: u.connections.min(max_connections),
         max_messages_per_connection: u.max_messages_per_connection,
         connect_timeout: u.connect_timeout,
         command_timeout: u.command_timeout,
         idle_timeout: u.idle_timeout,
+        mailbox,
+        oauth,
+        graph,
+        https_tls,
+        hold_recheck: u.hold_recheck,
+        sender_rewrite: u.sender_rewrite,
+        shaping,
     })
+}
+
+fn default_upstream_port() -> u16 {
+    587
 }
 
 /// Accepts "10.0.0.0/8" and also a bare address ("192.0.2.7"), meaning that one host.
@@ -562,7 +904,7 @@ fn legacy_tls_acceptor(cert: &Path, key: &Path, config_key: &str) -> Result<open
     Ok(builder.build())
 }
 
-fn client_tls(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, ConfigError> {
+fn root_store(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, ConfigError> {
     let mut roots = rustls::RootCertStore::empty();
     // The system store may be missing or partly unreadable on minimal hosts; a CA file can stand in.
     let native = rustls_native_certs::load_native_certs();
@@ -580,11 +922,25 @@ fn client_tls(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, ConfigErro
             roots.add(cert).map_err(|e| invalid("upstream.ca_file", format!("{}: {e}", path.display())))?;
         }
     }
-    Ok(rustls::ClientConfig::builder_with_provider(crypto_provider())
+    Ok(roots)
+}
+
+type ClientCert = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
+fn client_tls_with(
+    roots: rustls::RootCertStore,
+    client_cert: Option<ClientCert>,
+) -> Result<rustls::ClientConfig, ConfigError> {
+    let builder = rustls::ClientConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| invalid("upstream.tls", e))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+        .with_root_certificates(roots);
+    match client_cert {
+        None => Ok(builder.with_no_client_auth()),
+        Some((chain, key)) => {
+            builder.with_client_auth_cert(chain, key).map_err(|e| invalid("upstream.tls_client_key_file", e))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -656,6 +1012,66 @@ mod tests {
         let text = text.replace("SLUICE_TEST_SURELY_SET_PATH", "PATH");
         let err = parse(&text, Path::new(".")).unwrap_err().to_string();
         assert!(err.contains("upstream.tls"), "{err}");
+    }
+
+    fn m365(upstream: &str) -> Result<Config, ConfigError> {
+        let text =
+            format!("spool_dir = \"spool\"\n[[listener]]\naddress = \"127.0.0.1:2525\"\n[upstream]\n{upstream}\n");
+        // PATH stands in for a secret in the environment: always set in tests.
+        parse(&text, Path::new("."))
+    }
+
+    #[test]
+    fn m365_kinds_resolve_with_microsofts_defaults() {
+        let oauth = m365(
+            "kind = \"m365-oauth\"\nmailbox = \"relay@contoso.com\"\ntenant = \"contoso.com\"\nclient_id = \"app\"\nclient_secret_env = \"PATH\"",
+        )
+        .unwrap()
+        .upstream;
+        assert_eq!((oauth.host.as_str(), oauth.port), ("smtp.office365.com", 587));
+        let o = oauth.oauth.unwrap();
+        assert_eq!(o.token_url, "https://login.microsoftonline.com/contoso.com/oauth2/v2.0/token");
+        assert_eq!(o.scope, "https://outlook.office365.com/.default");
+        assert_eq!(oauth.connections, 3, "at most 3 connections per mailbox");
+        assert_eq!(oauth.shaping.messages_per_minute, 30);
+        assert_eq!(oauth.shaping.recipients_per_day, 10_000);
+        assert_eq!(oauth.shaping.max_recipients_per_message, 500);
+        assert_eq!(oauth.hold_recheck, Duration::from_secs(300));
+
+        let graph = m365(
+            "kind = \"m365-graph\"\nmailbox = \"relay@contoso.com\"\ntenant = \"t\"\nclient_id = \"app\"\nclient_secret_env = \"PATH\"",
+        )
+        .unwrap()
+        .upstream;
+        assert_eq!(
+            graph.graph.unwrap().send_mail_url,
+            "https://graph.microsoft.com/v1.0/users/relay@contoso.com/sendMail"
+        );
+        assert_eq!(graph.oauth.unwrap().scope, "https://graph.microsoft.com/.default");
+
+        let basic = m365("kind = \"m365-basic\"\nmailbox = \"scanner@contoso.com\"\npassword_env = \"PATH\"\n");
+        assert!(basic.unwrap().warnings.iter().any(|w| w.contains("retiring")));
+
+        let connector = m365("kind = \"m365-connector\"\nhost = \"contoso-com.mail.protection.outlook.com\"").unwrap();
+        assert_eq!(connector.upstream.port, 25);
+        assert_eq!(connector.upstream.shaping.messages_per_minute, 0, "connectors have no 30/min cap");
+    }
+
+    #[test]
+    fn m365_mistakes_name_their_key() {
+        let err = |u: &str| m365(u).unwrap_err().to_string();
+        assert!(
+            err("kind = \"m365-oauth\"\nmailbox = \"a@b.c\"\ntenant = \"t\"\nclient_secret_env = \"PATH\"")
+                .contains("upstream.client_id")
+        );
+        assert!(
+            err("kind = \"m365-oauth\"\nmailbox = \"a@b.c\"\ntenant = \"t\"\nclient_id = \"x\"")
+                .contains("upstream.client_secret_file")
+        );
+        assert!(err("kind = \"m365-graph\"\nhost = \"x\"").contains("upstream.host"));
+        assert!(err("kind = \"m365-connector\"").contains("upstream.host"));
+        assert!(err("kind = \"smtp\"\nhost = \"x\"\nclient_id = \"y\"").contains("upstream.client_id"));
+        assert!(err("kind = \"m365-oauth\"\nmailbox = \"a@b.c\"\ntoken_url = \"http://x\"\nclient_id = \"x\"\nclient_secret_env = \"PATH\"").contains("upstream.token_url"));
     }
 
     #[test]

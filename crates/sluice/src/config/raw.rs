@@ -251,11 +251,48 @@ pub enum UpstreamTls {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum UpstreamKind {
     /// Any SMTP smarthost.
     #[default]
     Smtp,
+    /// Microsoft 365 SMTP AUTH client submission (smtp.office365.com:587) with XOAUTH2 and app-only
+    /// tokens from the client credentials flow.
+    M365Oauth,
+    /// Microsoft 365 SMTP AUTH client submission with the mailbox's password (basic authentication,
+    /// which Microsoft is retiring).
+    M365Basic,
+    /// Microsoft Graph `sendMail` with the MIME message, app-only token.
+    M365Graph,
+    /// Relay through an inbound connector to the tenant's MX host (port 25), authorised by a TLS client
+    /// certificate or by the relay's source IP address.
+    M365Connector,
+}
+
+impl UpstreamKind {
+    /// One of the Microsoft 365 kinds, where the Microsoft reply table's actions (hold, pause, split) and
+    /// the per-mailbox shaping apply.
+    pub fn is_m365(self) -> bool {
+        !matches!(self, UpstreamKind::Smtp)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            UpstreamKind::Smtp => "smtp",
+            UpstreamKind::M365Oauth => "m365-oauth",
+            UpstreamKind::M365Basic => "m365-basic",
+            UpstreamKind::M365Graph => "m365-graph",
+            UpstreamKind::M365Connector => "m365-connector",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SenderRewrite {
+    #[default]
+    Keep,
+    Mailbox,
 }
 
 #[derive(Debug, Deserialize)]
@@ -263,9 +300,11 @@ pub enum UpstreamKind {
 pub struct RawUpstream {
     #[serde(default)]
     pub kind: UpstreamKind,
-    pub host: String,
-    #[serde(default = "default_upstream_port")]
-    pub port: u16,
+    /// Required for `smtp` and `m365-connector` (the tenant's MX host); `smtp.office365.com` for
+    /// `m365-oauth` and `m365-basic`; unused by `m365-graph`.
+    pub host: Option<String>,
+    /// Default: 587, or 25 for `m365-connector`.
+    pub port: Option<u16>,
     #[serde(default = "default_upstream_tls")]
     pub tls: UpstreamTls,
     /// Extra trust anchors (PEM) besides the system store, for a private CA.
@@ -290,6 +329,56 @@ pub struct RawUpstream {
     /// How long an idle upstream connection is kept open for the next message.
     #[serde(default = "default_upstream_idle", with = "humantime_serde")]
     pub idle_timeout: Duration,
+
+    // --- Microsoft 365 kinds ---
+    /// The mailbox sluice sends as (`m365-oauth`, `m365-basic`, `m365-graph`): the XOAUTH2 user, the
+    /// basic-auth user name, the Graph user.
+    pub mailbox: Option<String>,
+    /// Tenant id (GUID) or a verified domain; builds the default `token_url`.
+    pub tenant: Option<String>,
+    /// Application (client) id of the app registration.
+    pub client_id: Option<String>,
+    /// The client secret, from a file or the environment.
+    pub client_secret_file: Option<PathBuf>,
+    pub client_secret_env: Option<String>,
+    /// Certificate credential instead of a secret: PEM certificate registered on the app, and its RSA
+    /// private key (PKCS#8 PEM). A signed client assertion (RS256) is sent instead of a secret.
+    pub client_certificate_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+    /// Default: `https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token`.
+    pub token_url: Option<String>,
+    /// Default: `https://outlook.office365.com/.default` (SMTP), `https://graph.microsoft.com/.default` (Graph).
+    pub scope: Option<String>,
+    /// Default: `https://graph.microsoft.com`.
+    pub graph_url: Option<String>,
+    /// Graph: keep a copy in the mailbox's Sent Items.
+    #[serde(default = "yes")]
+    pub save_to_sent_items: bool,
+    /// `m365-connector`: TLS client certificate (PEM, the full chain: leaf first, then intermediates)
+    /// and its key, for a certificate-authorised inbound connector. Absent: IP-authorised connector.
+    pub tls_client_cert_file: Option<PathBuf>,
+    pub tls_client_key_file: Option<PathBuf>,
+    /// When the envelope sender is not the mailbox (`m365-oauth`, `m365-basic`, `m365-graph`): "keep" it
+    /// (the mailbox has SendAs), or rewrite envelope sender and From to the "mailbox", keeping the
+    /// original in Reply-To.
+    #[serde(default)]
+    pub sender_rewrite: SenderRewrite,
+    /// A held route (configuration trouble: authentication refused, SMTP AUTH disabled, …) is tried
+    /// again after this long, or at once by `release_hold`.
+    #[serde(default = "default_hold_recheck", with = "humantime_serde")]
+    pub hold_recheck: Duration,
+    /// Shaping per mailbox (Microsoft 365 kinds; defaults from Exchange Online's limits).
+    pub max_connections_per_mailbox: Option<usize>,
+    /// Messages a minute per mailbox; 0 = no limit. Default 30 (none for `m365-connector`).
+    pub messages_per_minute: Option<u32>,
+    /// Recipients in a sliding 24 hours per mailbox; 0 = no limit. Default 10,000 (none for `m365-connector`).
+    pub recipients_per_day: Option<u32>,
+    /// Larger envelopes are sent in several transactions. Default 500 (Microsoft kinds), unlimited for `smtp`.
+    pub max_recipients_per_message: Option<usize>,
+}
+
+fn default_hold_recheck() -> Duration {
+    Duration::from_secs(300)
 }
 
 #[derive(Debug, Deserialize)]
@@ -338,9 +427,6 @@ fn default_idle_timeout() -> Duration {
 /// RFC 5321 §4.5.3.2.5 gives the client 3 minutes per data block; we give the same back.
 fn default_data_timeout() -> Duration {
     Duration::from_secs(180)
-}
-fn default_upstream_port() -> u16 {
-    587
 }
 fn default_upstream_tls() -> UpstreamTls {
     UpstreamTls::Starttls

@@ -22,8 +22,9 @@ pub enum Outcome {
     Reply(Reply),
     /// We did not get a verdict on the message: connection, TLS, authentication, timeout or protocol trouble.
     Transport(TransportError),
-    /// An HTTP API's answer (status and a short reason), for HTTP-based upstreams.
-    Http { status: u16, reason: String },
+    /// An HTTP API's answer (status and a short reason: Graph's error code and message), for HTTP-based
+    /// upstreams, with the server's `Retry-After` when it sent one.
+    Http { status: u16, reason: String, retry_after: Option<std::time::Duration> },
 }
 
 impl Outcome {
@@ -32,7 +33,7 @@ impl Outcome {
         match self {
             Outcome::Reply(reply) => reply.to_string(),
             Outcome::Transport(err) => err.to_string(),
-            Outcome::Http { status, reason } => format!("HTTP {status} {reason}"),
+            Outcome::Http { status, reason, .. } => format!("HTTP {status} {reason}"),
         }
     }
 
@@ -46,6 +47,12 @@ impl Outcome {
 }
 
 pub fn classify(outcome: &Outcome) -> Disposition {
+    // Microsoft's replies first: their table says, e.g., that `554 5.2.0 …SubmissionQuotaExceeded` waits
+    // for the quota window instead of bouncing. Its rows are specific (code, enhanced code, text), so a
+    // generic smarthost's replies fall through to the rules below.
+    if let Some(verdict) = super::microsoft::lookup(outcome) {
+        return verdict.disposition;
+    }
     match outcome {
         Outcome::Reply(reply) => match reply.code {
             200..=299 => Disposition::Delivered,
@@ -101,7 +108,7 @@ mod tests {
 
     #[test]
     fn http_statuses() {
-        let http = |status| Outcome::Http { status, reason: String::new() };
+        let http = |status| Outcome::Http { status, reason: String::new(), retry_after: None };
         assert_eq!(classify(&http(202)), Disposition::Delivered);
         assert_eq!(classify(&http(429)), Disposition::Temporary);
         assert_eq!(classify(&http(503)), Disposition::Temporary);

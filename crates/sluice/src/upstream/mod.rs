@@ -2,11 +2,20 @@
 //! function ([`classify::classify`]) that turns whatever happened into delivered / temporary / permanent.
 
 pub mod classify;
+pub mod graph;
+pub mod microsoft;
+pub mod rewrite;
 pub mod smtp;
+
+use std::sync::Arc;
 
 use smtp_wire::Reply;
 
 pub use classify::{Disposition, Outcome, classify};
+
+use crate::config::{Secret, UpstreamConfig, UpstreamKind};
+use crate::oauth::{TokenError, TokenSource};
+use smtp::{Auth, SmtpConnection};
 
 /// What a transport needs to know about a message besides its bytes.
 #[derive(Debug, Clone)]
@@ -40,6 +49,112 @@ pub enum TransportError {
     /// message can go straight out again on a fresh connection.
     #[error("cached connection was no longer usable: {0}")]
     Stale(String),
+    /// Entra ID refused to issue a token (AADSTS error): configuration, see `microsoft::lookup`.
+    #[error("{0}")]
+    TokenRefused(String),
+    /// The token endpoint was unreachable or failing.
+    #[error("{0}")]
+    TokenUnavailable(String),
+}
+
+impl From<TokenError> for TransportError {
+    fn from(err: TokenError) -> Self {
+        match err {
+            TokenError::Refused { .. } => TransportError::TokenRefused(err.to_string()),
+            TokenError::Unavailable(_) => TransportError::TokenUnavailable(err.to_string()),
+        }
+    }
+}
+
+/// The upstream as the scheduler uses it: its configuration plus what lives as long as the process (the
+/// shared token cache, the HTTPS client).
+pub struct Upstream {
+    config: UpstreamConfig,
+    tokens: Option<Arc<TokenSource>>,
+    http: Option<reqwest::Client>,
+}
+
+/// One open path to the upstream: an SMTP session, or a Graph sender (HTTP keeps its own pool).
+pub enum Connection {
+    Smtp(SmtpConnection),
+    Graph(graph::GraphSender),
+}
+
+impl Connection {
+    /// Messages handed over on this connection.
+    pub fn transactions(&self) -> usize {
+        match self {
+            Connection::Smtp(c) => c.transactions,
+            Connection::Graph(g) => g.transactions,
+        }
+    }
+
+    /// Sends one message: a verdict per recipient, or an error when no verdict was had.
+    pub async fn send(&mut self, envelope: &Envelope<'_>, body: &[u8]) -> Result<Vec<Outcome>, TransportError> {
+        match self {
+            Connection::Smtp(c) => c.send(envelope, body).await,
+            Connection::Graph(g) => g.send(envelope, body).await,
+        }
+    }
+
+    pub async fn quit(self) {
+        match self {
+            Connection::Smtp(c) => c.quit().await,
+            Connection::Graph(_) => {}
+        }
+    }
+}
+
+impl Upstream {
+    pub fn new(config: UpstreamConfig) -> Upstream {
+        let http = (config.oauth.is_some() || config.graph.is_some())
+            .then(|| crate::oauth::http_client(&config.https_tls, config.connect_timeout, config.command_timeout));
+        let tokens = match (&config.oauth, &http) {
+            (Some(oauth), Some(http)) => Some(Arc::new(TokenSource::new(http.clone(), oauth.clone()))),
+            _ => None,
+        };
+        Upstream { config, tokens, http }
+    }
+
+    pub fn config(&self) -> &UpstreamConfig {
+        &self.config
+    }
+
+    /// Opens a connection, authenticated as the kind requires. With XOAUTH2, a token the server refuses
+    /// (`535 5.7.3`) is dropped from the cache and the connection is tried once more with a fresh token:
+    /// a token can be revoked or expire early, and one refusal must not hold the route.
+    pub async fn connect(&self) -> Result<Connection, TransportError> {
+        let config = &self.config;
+        match config.kind {
+            UpstreamKind::M365Graph => {
+                let tokens = self.tokens.clone().expect("m365-graph has OAuth configured");
+                let http = self.http.clone().expect("m365-graph has an HTTP client");
+                let graph = config.graph.clone().expect("m365-graph has a Graph configuration");
+                Ok(Connection::Graph(graph::GraphSender::new(http, graph, tokens)))
+            }
+            UpstreamKind::M365Oauth => {
+                let tokens = self.tokens.as_ref().expect("m365-oauth has OAuth configured");
+                let user = config.mailbox.as_deref().unwrap_or_default();
+                let token = tokens.token().await?;
+                match SmtpConnection::connect_with(config, Auth::XOAuth2 { user, token: token.expose() }).await {
+                    Err(TransportError::Session(reply)) if is_auth_unsuccessful(&reply) => {
+                        tracing::info!(mailbox = user, "XOAUTH2 refused; fetching a new token and trying once more");
+                        tokens.invalidate(&token).await;
+                        let fresh: Secret = tokens.token().await?;
+                        let auth = Auth::XOAuth2 { user, token: fresh.expose() };
+                        SmtpConnection::connect_with(config, auth).await.map(Connection::Smtp)
+                    }
+                    other => other.map(Connection::Smtp),
+                }
+            }
+            _ => SmtpConnection::connect(config).await.map(Connection::Smtp),
+        }
+    }
+}
+
+/// `535 5.7.3 Authentication unsuccessful`: what Exchange says to a bad or expired token.
+fn is_auth_unsuccessful(reply: &Reply) -> bool {
+    reply.code == 535 && reply.enhanced.is_none_or(|e| e.class == 5 && e.subject == 7 && e.detail == 3)
 }
 
 impl From<std::io::Error> for TransportError {

@@ -1,0 +1,218 @@
+//! App-only OAuth 2.0 tokens from Microsoft Entra ID (client credentials flow), for XOAUTH2 on SMTP and
+//! for Graph.
+//!
+//! One [`TokenSource`] per upstream is shared by every connection: the token is fetched once, cached,
+//! and fetched again before it expires (at 80% of `expires_in`, so a connection never authenticates with
+//! a token in its last minutes), or when the server refused it ([`TokenSource::invalidate`], after
+//! `535 5.7.3`). Concurrent callers wait for one request instead of each sending their own.
+//!
+//! Tokens and secrets are [`Secret`]s: nothing here logs them, and their `Debug` is redacted.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Deserialize;
+use tracing::{info, warn};
+
+use crate::config::{OAuthConfig, OAuthCredential, Secret};
+
+/// A token is refreshed once this share of its lifetime has passed.
+const REFRESH_AT: f64 = 0.8;
+/// A client assertion is valid this long (Entra accepts up to 10 minutes' worth and more; short is safer).
+const ASSERTION_LIFETIME: Duration = Duration::from_secs(600);
+const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// Why no token could be had.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TokenError {
+    /// Entra ID answered with an error (HTTP 4xx with `error` / `AADSTS…`): wrong secret, unknown app,
+    /// unknown tenant, certificate not registered… Configuration, not weather: the route is held.
+    #[error("token request refused (HTTP {status}): {error}: {description}")]
+    Refused { status: u16, error: String, description: String },
+    /// The token endpoint could not be reached or failed (5xx, 429, network): try again later.
+    #[error("token endpoint unavailable: {0}")]
+    Unavailable(String),
+}
+
+struct Cached {
+    token: Secret,
+    refresh_at: Instant,
+    expires_at: Instant,
+}
+
+pub struct TokenSource {
+    http: reqwest::Client,
+    config: OAuthConfig,
+    cache: tokio::sync::Mutex<Option<Cached>>,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+struct ErrorResponse {
+    #[serde(default)]
+    error: String,
+    #[serde(default)]
+    error_description: String,
+}
+
+impl TokenSource {
+    pub fn new(http: reqwest::Client, config: OAuthConfig) -> TokenSource {
+        TokenSource { http, config, cache: tokio::sync::Mutex::new(None) }
+    }
+
+    /// A valid token: the cached one while it is fresh, else a new one.
+    pub async fn token(&self) -> Result<Secret, TokenError> {
+        // Held across the request on purpose: callers arriving meanwhile wait for this fetch.
+        let mut cache = self.cache.lock().await;
+        let now = Instant::now();
+        if let Some(cached) = cache.as_ref()
+            && now < cached.refresh_at
+        {
+            return Ok(cached.token.clone());
+        }
+        match self.fetch().await {
+            Ok((token, lifetime)) => {
+                let now = Instant::now();
+                *cache = Some(Cached {
+                    token: token.clone(),
+                    refresh_at: now + lifetime.mul_f64(REFRESH_AT),
+                    expires_at: now + lifetime,
+                });
+                Ok(token)
+            }
+            // A refresh that fails while the old token still has life left: use it, try again next time.
+            Err(TokenError::Unavailable(reason)) if cache.as_ref().is_some_and(|c| now < c.expires_at) => {
+                warn!(token_url = %self.config.token_url, %reason, "token refresh failed; using the current token");
+                Ok(cache.as_ref().expect("checked").token.clone())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Forgets `token` after the server refused it, so the next [`token`](Self::token) fetches a new one.
+    /// A token that was already replaced is left alone (another connection refreshed it meanwhile).
+    pub async fn invalidate(&self, token: &Secret) {
+        let mut cache = self.cache.lock().await;
+        if cache.as_ref().is_some_and(|c| c.token.expose() == token.expose()) {
+            *cache = None;
+        }
+    }
+
+    async fn fetch(&self) -> Result<(Secret, Duration), TokenError> {
+        let c = &self.config;
+        // Built in a block: the serializer is not Send and must not live across the await below.
+        let body = {
+            let mut form = form_urlencoded::Serializer::new(String::new());
+            form.append_pair("client_id", &c.client_id)
+                .append_pair("scope", &c.scope)
+                .append_pair("grant_type", "client_credentials");
+            match &c.credential {
+                OAuthCredential::Secret(secret) => {
+                    form.append_pair("client_secret", secret.expose());
+                }
+                OAuthCredential::Certificate { cert_der, key_pkcs8 } => {
+                    let assertion = client_assertion(&c.client_id, &c.token_url, cert_der, key_pkcs8).map_err(|e| {
+                        TokenError::Refused { status: 0, error: "client_assertion".into(), description: e }
+                    })?;
+                    form.append_pair("client_assertion_type", JWT_BEARER).append_pair("client_assertion", &assertion);
+                }
+            }
+            form.finish()
+        };
+        let response = self
+            .http
+            .post(&c.token_url)
+            .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| TokenError::Unavailable(error_chain(&e)))?;
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.map_err(|e| TokenError::Unavailable(error_chain(&e)))?;
+        if (200..300).contains(&status) {
+            let parsed: TokenResponse = serde_json::from_slice(&bytes)
+                .map_err(|e| TokenError::Unavailable(format!("unreadable token response: {e}")))?;
+            // Entra says 3599 for client credentials; without a value assume the shortest documented life.
+            let lifetime = Duration::from_secs(parsed.expires_in.unwrap_or(3600).max(1));
+            info!(client_id = %c.client_id, scope = %c.scope, expires_in = lifetime.as_secs(), "access token obtained");
+            return Ok((Secret::new(parsed.access_token), lifetime));
+        }
+        let err: ErrorResponse = serde_json::from_slice(&bytes).unwrap_or_default();
+        if status == 429 || status >= 500 || err.error.is_empty() {
+            return Err(TokenError::Unavailable(format!(
+                "HTTP {status} {}",
+                if err.error.is_empty() {
+                    String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned()
+                } else {
+                    err.error_description
+                }
+            )));
+        }
+        Err(TokenError::Refused { status, error: err.error, description: err.error_description })
+    }
+}
+
+/// The whole cause chain of a reqwest error (its `Display` alone says only "error sending request").
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// A client assertion (RFC 7523) for certificate credentials: a JWT naming the certificate by its
+/// SHA-256 and SHA-1 thumbprints, signed RS256 with its key; `aud` is the token endpoint.
+pub fn client_assertion(client_id: &str, token_url: &str, cert_der: &[u8], key_pkcs8: &[u8]) -> Result<String, String> {
+    use ring::{digest, rand, signature};
+    let key = signature::RsaKeyPair::from_pkcs8(key_pkcs8).map_err(|e| format!("bad RSA key: {e}"))?;
+    let sha256 = digest::digest(&digest::SHA256, cert_der);
+    let sha1 = digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, cert_der);
+    let header = serde_json::json!({
+        "alg": "RS256",
+        "typ": "JWT",
+        "x5t#S256": URL_SAFE_NO_PAD.encode(sha256.as_ref()),
+        // The SHA-1 form for older Entra deployments that only look at x5t.
+        "x5t": URL_SAFE_NO_PAD.encode(sha1.as_ref()),
+    });
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let mut jti = [0u8; 16];
+    rand::SecureRandom::fill(&rand::SystemRandom::new(), &mut jti).map_err(|_| "no randomness".to_owned())?;
+    let claims = serde_json::json!({
+        "aud": token_url,
+        "iss": client_id,
+        "sub": client_id,
+        "jti": jti.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+        "nbf": now,
+        "iat": now,
+        "exp": now + ASSERTION_LIFETIME.as_secs(),
+    });
+    let signing_input =
+        format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
+    let mut sig = vec![0u8; key.public().modulus_len()];
+    key.sign(&signature::RSA_PKCS1_SHA256, &rand::SystemRandom::new(), signing_input.as_bytes(), &mut sig)
+        .map_err(|_| "signing failed".to_owned())?;
+    Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig)))
+}
+
+/// The HTTPS client for token requests and Graph: our rustls (ring) configuration with the upstream's
+/// trust anchors (`ca_file` included), HTTP/1.1.
+pub fn http_client(tls: &rustls::ClientConfig, connect_timeout: Duration, timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls.clone())
+        .connect_timeout(connect_timeout)
+        .timeout(timeout)
+        .build()
+        // Only fails when the TLS backend is not recognised, which would be a build mistake.
+        .expect("HTTP client with the preconfigured rustls backend")
+}
