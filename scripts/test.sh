@@ -7,7 +7,8 @@
 #   scripts/test.sh ARGS...          extra arguments go to cargo test (e.g. --test limits, -- --nocapture)
 #
 # Test peers: Debian packages postfix (for smtp-sink; installed unconfigured, never started), swaks,
-# libnet-ssleay-perl (swaks' TLS), strace; the PyPI package aiosmtpd for the Python the tests run
+# libnet-ssleay-perl (swaks' TLS), strace, fiu-utils (libfiu's fiu-run and fiu-ctrl: I/O fault
+# injection), nmap (its smtp-open-relay script); the PyPI package aiosmtpd for the Python the tests run
 # ($SLUICE_TEST_PYTHON, default python3). Installing needs root; as another user, missing peers are
 # listed with the commands that install them.
 set -euo pipefail
@@ -15,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 PYTHON="${SLUICE_TEST_PYTHON:-python3}"
-APT_PACKAGES=(libssl-dev pkg-config openssl postfix swaks libnet-ssleay-perl strace)
+APT_PACKAGES=(libssl-dev pkg-config openssl postfix swaks libnet-ssleay-perl strace fiu-utils nmap)
 PIP_REQUIREMENT='aiosmtpd>=1.4,<2'
 
 missing_apt() {
@@ -27,6 +28,8 @@ missing_apt() {
     command -v swaks >/dev/null 2>&1 || missing+=(swaks)
     perl -MNet::SSLeay -e 1 >/dev/null 2>&1 || missing+=(libnet-ssleay-perl)
     command -v strace >/dev/null 2>&1 || missing+=(strace)
+    command -v fiu-run >/dev/null 2>&1 && command -v fiu-ctrl >/dev/null 2>&1 || missing+=(fiu-utils)
+    command -v nmap >/dev/null 2>&1 || missing+=(nmap)
     echo "${missing[@]}"
 }
 

@@ -1,5 +1,7 @@
 //! AUTH PLAIN and AUTH LOGIN (RFC 4954, RFC 4616) against the configured users.
 
+use std::time::Instant;
+
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use smtp_wire::{Framed, LineFramer, Reply};
@@ -142,6 +144,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     async fn read_sasl_line(&mut self) -> Response {
         let mut framer = LineFramer::new(MAX_SASL_LINE);
+        let mut line_started: Option<Instant> = None;
         loop {
             match framer.poll(&self.rbuf[self.rpos..]) {
                 Framed::Line { len, consumed } => {
@@ -159,7 +162,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
                 Framed::NeedMore { consumed } => {
                     self.rpos += consumed;
-                    let limit = self.state.ctx.config.idle_timeout;
+                    // As for a command line (session.rs): the wait for the response to begin is bounded by
+                    // idle_timeout, and once begun it must be complete within command_timeout. With
+                    // idle_timeout alone, a client trickling a byte every few minutes (up to 12288 of them)
+                    // held the session for weeks.
+                    let config = &self.state.ctx.config;
+                    let limit = if self.rpos < self.rbuf.len() || framer.is_discarding() {
+                        let started = *line_started.get_or_insert_with(Instant::now);
+                        config.command_timeout.saturating_sub(started.elapsed()).min(config.idle_timeout)
+                    } else {
+                        config.idle_timeout
+                    };
                     match self.fill(limit, false, super::session::COMMAND_READ).await {
                         Input::Data => {}
                         Input::Timeout => {

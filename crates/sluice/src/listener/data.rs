@@ -129,6 +129,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             ));
             return self.count_error();
         }
+        // The receiver keeps a bare CR as content, and the upstream side sends it on as it is. But RFC
+        // 5321 §2.3.8 forbids sending a bare CR, and a server downstream that takes a lone CR for a
+        // line end (some gateways normalise CR to CRLF) would read "\r.\r" in the content as the end
+        // of the data, followed by whatever commands the client put after it: SMTP smuggling through
+        // us. So a bare CR is normalised to CRLF, as a bare LF already is; a "." after it then starts
+        // a line and is dot-stuffed on the way out.
+        if summary.bare_cr > 0 {
+            crlf_for_bare_cr(&mut body, ours);
+        }
 
         let now = now_ms();
         let smtputf8 = tx.params.smtputf8
@@ -196,6 +205,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 }
 
+/// Turns every CR not followed by LF in `body[from..]` into CRLF.
+fn crlf_for_bare_cr(body: &mut Vec<u8>, from: usize) {
+    let content = body.split_off(from);
+    body.reserve(content.len() + 16);
+    for (i, &b) in content.iter().enumerate() {
+        body.push(b);
+        if b == b'\r' && content.get(i + 1) != Some(&b'\n') {
+            body.push(b'\n');
+        }
+    }
+}
+
 /// What the header section of received content looks like.
 #[derive(Debug, PartialEq, Eq)]
 struct HeaderFacts {
@@ -223,6 +244,14 @@ fn inspect_headers(content: &[u8]) -> HeaderFacts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bare_cr_becomes_crlf_after_our_header() {
+        let mut body = b"Received: x\r\n".to_vec();
+        body.extend_from_slice(b"a\r.\rb\r\n\r\r\nc\r");
+        crlf_for_bare_cr(&mut body, 13);
+        assert_eq!(body, b"Received: x\r\na\r\n.\r\nb\r\n\r\n\r\nc\r\n");
+    }
 
     #[test]
     fn header_facts() {

@@ -6,6 +6,8 @@
 mod auth;
 mod data;
 mod ehlo;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz;
 #[cfg(feature = "legacy-tls")]
 mod legacy;
 mod mail;
@@ -33,6 +35,10 @@ use crate::policy::{Identity, Policy, Users};
 use crate::scheduler::Scheduler;
 use crate::spool::Spool;
 use session::{Ended, Session, SessionState, TlsInfo};
+
+/// The session fuzz entry point (see [`fuzz`]): bytes in, replies out.
+#[cfg(any(test, feature = "fuzzing"))]
+pub use fuzz::fuzz_session;
 
 /// A TLS handshake that takes longer than this is a stuck or hostile client.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);

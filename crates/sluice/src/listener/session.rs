@@ -341,7 +341,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         Flow::Continue
     }
 
-    pub(super) fn reply(&mut self, reply: Reply) {
+    pub(super) fn reply(&mut self, mut reply: Reply) {
+        // RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets, code and CRLF included. Some replies
+        // echo what the client sent (an unknown MAIL/RCPT parameter's name can be ~490 octets), which
+        // the session fuzzer found going over; cut such text rather than send an overlong line.
+        const MAX_TEXT: usize = 512 - "250 ".len() - "x.yyy.zzz ".len() - "\r\n".len();
+        for line in &mut reply.lines {
+            if line.len() > MAX_TEXT {
+                let mut cut = MAX_TEXT;
+                while !line.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                line.truncate(cut);
+            }
+        }
         reply.write_to(&mut self.wbuf);
     }
 

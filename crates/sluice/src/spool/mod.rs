@@ -171,8 +171,14 @@ impl Spool {
     /// time). Blocking.
     pub fn update(&self, record: &QueueRecord) -> io::Result<()> {
         let tmp = self.inner.tmp.join(format!("{}.{STATE_EXT}", record.id));
-        write_synced(&tmp, &encode(record)?)?;
-        fs::rename(&tmp, self.state_path(&record.id))?;
+        // On failure the older record stays in force. Remove the temporary file: on a full disk it holds
+        // space, and once the message is delivered nothing else would ever remove it (found by the
+        // disk-full and fsync-failure tests).
+        let written = write_synced(&tmp, &encode(record)?).and_then(|()| fs::rename(&tmp, self.state_path(&record.id)));
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
         self.inner.queue_sync.sync(&self.inner.queue)
     }
 
@@ -267,7 +273,9 @@ impl Spool {
             Err(e) => Ok((accepted, Some(format!("unreadable state file ({e}); using the record from accept time")))),
             Ok(bytes) => match check_record(id, &bytes) {
                 Ok(state) => Ok((state, None)),
-                Err(reason) => Ok((accepted, Some(format!("bad state file ({reason}); using the record from accept time")))),
+                Err(reason) => {
+                    Ok((accepted, Some(format!("bad state file ({reason}); using the record from accept time"))))
+                }
             },
         }
     }

@@ -26,6 +26,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use tempfile::TempDir;
 
+/// Helpers of the fault tests: a load client, a misbehaving upstream, spool checks, /proc figures.
+pub mod faults;
+
 /// How long any wait for a peer (start-up, delivery, a reply) may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 /// Socket read/write timeout of the raw client.
@@ -425,6 +428,64 @@ impl Received {
     }
 }
 
+/// The messages an upstream peer (upstream.py, faulty_upstream.py) wrote to `out`, in order of arrival.
+pub fn read_received(out: &Path) -> Vec<Received> {
+    read_received_after(out, 0)
+}
+
+/// Like [`read_received`], but only the messages numbered above `after`.
+pub fn read_received_after(out: &Path, after: u64) -> Vec<Received> {
+    let mut found: Vec<(u64, PathBuf)> = fs::read_dir(out)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let name = e.file_name().into_string().ok()?;
+                    let seq = name.strip_suffix(".json")?.parse::<u64>().ok()?;
+                    (seq > after).then(|| (seq, e.path()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
+        .into_iter()
+        .map(|(seq, path)| {
+            let v: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).expect("upstream json");
+            let strings = |key: &str| -> Vec<String> {
+                v[key]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+                    .unwrap_or_default()
+            };
+            Received {
+                seq,
+                mail_from: v["mail_from"].as_str().unwrap_or_default().to_string(),
+                rcpt_tos: strings("rcpt_tos"),
+                data: B64.decode(v["data_b64"].as_str().unwrap_or_default()).expect("base64"),
+                tls: v["tls"].as_bool().unwrap_or(false),
+                auth_login: v["auth_login"].as_str().map(String::from),
+                mail_options: strings("mail_options"),
+            }
+        })
+        .collect()
+}
+
+/// How many messages an upstream peer wrote to `out`.
+pub fn count_received(out: &Path) -> usize {
+    fs::read_dir(out)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| {
+                    e.file_name()
+                        .to_str()
+                        .and_then(|n| n.strip_suffix(".json"))
+                        .is_some_and(|n| n.parse::<u64>().is_ok())
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 #[derive(Default)]
 pub struct UpstreamBuilder {
     port: Option<u16>,
@@ -517,39 +578,12 @@ impl Upstream {
 
     /// The messages received so far, in order of arrival.
     pub fn messages(&self) -> Vec<Received> {
-        let mut found: Vec<(u64, PathBuf)> = fs::read_dir(&self.out)
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .filter_map(|e| {
-                        let name = e.file_name().into_string().ok()?;
-                        let seq = name.strip_suffix(".json")?.parse::<u64>().ok()?;
-                        Some((seq, e.path()))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        found.sort();
-        found
-            .into_iter()
-            .map(|(seq, path)| {
-                let v: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).expect("upstream json");
-                let strings = |key: &str| -> Vec<String> {
-                    v[key]
-                        .as_array()
-                        .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
-                        .unwrap_or_default()
-                };
-                Received {
-                    seq,
-                    mail_from: v["mail_from"].as_str().unwrap_or_default().to_string(),
-                    rcpt_tos: strings("rcpt_tos"),
-                    data: B64.decode(v["data_b64"].as_str().unwrap_or_default()).expect("base64"),
-                    tls: v["tls"].as_bool().unwrap_or(false),
-                    auth_login: v["auth_login"].as_str().map(String::from),
-                    mail_options: strings("mail_options"),
-                }
-            })
-            .collect()
+        read_received(&self.out)
+    }
+
+    /// How many messages have arrived so far (cheaper than [`Upstream::messages`]).
+    pub fn count(&self) -> usize {
+        count_received(&self.out)
     }
 
     /// Waits until at least `n` messages have arrived and returns all of them.
@@ -773,6 +807,8 @@ pub struct Listener {
     pub max_connections: Option<u64>,
     pub idle_timeout: Option<String>,
     pub data_timeout: Option<String>,
+    /// Any other listener keys, written as given (see [`Listener::set`]).
+    pub extra: Vec<(String, toml::Value)>,
     /// Assigned when sluice starts.
     pub port: u16,
 }
@@ -789,8 +825,19 @@ impl Listener {
             max_connections: None,
             idle_timeout: None,
             data_timeout: None,
+            extra: vec![],
             port: 0,
         }
+    }
+    /// Sets any other listener key, e.g. `.set("greeting_delay", "1s")` or
+    /// `.set("require", vec!["certificate", "auth"])`.
+    pub fn set(mut self, key: &str, value: impl Into<toml::Value>) -> Listener {
+        self.extra.push((key.to_string(), value.into()));
+        self
+    }
+    /// `proxy_protocol = true` was set: the harness's own probes send a PROXY header first.
+    pub fn is_proxy(&self) -> bool {
+        self.extra.iter().any(|(k, v)| k == "proxy_protocol" && v.as_bool() == Some(true))
     }
     /// `tls = "none"`.
     pub fn plain() -> Listener {
@@ -841,6 +888,8 @@ pub struct UpstreamCfg {
     pub connections: Option<u64>,
     pub connect_timeout: Option<String>,
     pub command_timeout: Option<String>,
+    /// How long an idle upstream connection is kept open (sluice's default: 10s).
+    pub idle_timeout: Option<String>,
 }
 
 impl UpstreamCfg {
@@ -857,6 +906,7 @@ impl UpstreamCfg {
             connections: None,
             connect_timeout: Some("5s".into()),
             command_timeout: Some("30s".into()),
+            idle_timeout: None,
         }
     }
     /// STARTTLS, trusting the PKI's CA, to 127.0.0.1:`port`.
@@ -890,9 +940,37 @@ pub struct SluiceBuilder {
     retry: (String, String, String),
     tls: Option<(PathBuf, PathBuf, Vec<u8>)>,
     client_tls: Option<Arc<rustls::ClientConfig>>,
+    spool_dir: Option<PathBuf>,
+    wrapper: Vec<std::ffi::OsString>,
+    env: Vec<(String, String)>,
+    start_deadline: Duration,
+    extra_toml: Vec<String>,
 }
 
 impl SluiceBuilder {
+    /// Keep the spool in this (existing) directory instead of one in sluice's own temporary
+    /// directory: a small filesystem for the disk-full test, say.
+    pub fn spool_dir(mut self, dir: &Path) -> Self {
+        self.spool_dir = Some(dir.to_path_buf());
+        self
+    }
+    /// Run `sluice serve` through this command, which must end by exec'ing its arguments (so the
+    /// pid is sluice's): `fiu-run -x ...` for fault injection, say.
+    pub fn wrapper<S: AsRef<std::ffi::OsStr>>(mut self, command: &[S]) -> Self {
+        self.wrapper = command.iter().map(|a| a.as_ref().to_owned()).collect();
+        self
+    }
+    /// How long a start may take before the test fails (default [`DEADLINE`]; a start scans the
+    /// whole spool first, which takes a while with a very large queue).
+    pub fn start_deadline(mut self, deadline: Duration) -> Self {
+        self.start_deadline = deadline;
+        self
+    }
+    /// An extra environment variable for sluice.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
     pub fn listener(mut self, l: Listener) -> Self {
         self.listeners.push(l);
         self
@@ -900,6 +978,12 @@ impl SluiceBuilder {
     /// A `[[user]]`; the password is hashed here.
     pub fn user(mut self, name: &str, password: &str) -> Self {
         self.users.push((name.into(), argon2_hash(password)));
+        self
+    }
+    /// TOML appended to the generated configuration as it is: `[[network]]`, `[[certificate]]`,
+    /// `[limits]`, or `[[user]]` entries with sender rules.
+    pub fn toml(mut self, text: &str) -> Self {
+        self.extra_toml.push(text.to_string());
         self
     }
     pub fn upstream(mut self, cfg: UpstreamCfg) -> Self {
@@ -922,9 +1006,16 @@ impl SluiceBuilder {
         assert!(!self.listeners.is_empty(), "a sluice test needs at least one listener");
         let upstream = self.upstream.clone().expect("a sluice test needs an [upstream]");
         let dir = tempfile::Builder::new().prefix("sluice-test-").tempdir().expect("tempdir");
-        let spool = dir.path().join("spool");
-        fs::create_dir(&spool).unwrap();
+        let spool = match &self.spool_dir {
+            Some(d) => d.clone(),
+            None => {
+                let spool = dir.path().join("spool");
+                fs::create_dir(&spool).unwrap();
+                spool
+            }
+        };
         let mut sluice = Sluice {
+            last_start: Duration::ZERO,
             child: None,
             dir,
             config_path: PathBuf::new(),
@@ -960,6 +1051,9 @@ pub struct Sluice {
     builder: SluiceBuilder,
     upstream: UpstreamCfg,
     starts: u32,
+    /// How long the last start took, from spawning the process to the greeting on every listener
+    /// (spool recovery included: sluice listens only once it has scanned its spool).
+    pub last_start: Duration,
 }
 
 impl Sluice {
@@ -971,6 +1065,11 @@ impl Sluice {
             retry: ("1s".into(), "2s".into(), "1h".into()),
             tls: None,
             client_tls: None,
+            spool_dir: None,
+            wrapper: Vec::new(),
+            env: Vec::new(),
+            start_deadline: DEADLINE,
+            extra_toml: vec![],
         }
     }
 
@@ -1057,6 +1156,9 @@ impl Sluice {
                     t.insert(key.into(), s(v));
                 }
             }
+            for (key, v) in &l.extra {
+                t.insert(key.clone(), v.clone());
+            }
             listeners.push(Value::Table(t));
         }
         root.insert("listener".into(), Value::Array(listeners));
@@ -1105,6 +1207,9 @@ impl Sluice {
         if let Some(v) = &u.command_timeout {
             t.insert("command_timeout".into(), s(v));
         }
+        if let Some(v) = &u.idle_timeout {
+            t.insert("idle_timeout".into(), s(v));
+        }
         root.insert("upstream".into(), Value::Table(t));
 
         let mut r = Table::new();
@@ -1113,7 +1218,12 @@ impl Sluice {
         r.insert("max_age".into(), s(&b.retry.2));
         root.insert("retry".into(), Value::Table(r));
 
-        let text = toml::to_string(&root).expect("serialize config");
+        let mut text = toml::to_string(&root).expect("serialize config");
+        for extra in &b.extra_toml {
+            text.push('\n');
+            text.push_str(extra);
+            text.push('\n');
+        }
         self.config_path = self.dir.path().join("sluice.toml");
         fs::write(&self.config_path, text).unwrap();
     }
@@ -1125,8 +1235,18 @@ impl Sluice {
         let log_path = self.log_path();
         let mut log = fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
         writeln!(log, "===== test harness: start #{} of sluice serve =====", self.starts).unwrap();
-        let mut cmd = Command::new(sluice_bin());
+        let mut cmd = match self.builder.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(sluice_bin());
+                cmd
+            }
+            None => Command::new(sluice_bin()),
+        };
         cmd.arg("serve").arg("--config").arg(&self.config_path);
+        for (key, value) in &self.builder.env {
+            cmd.env(key, value);
+        }
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info,sluice=debug,smtp_wire=debug");
         }
@@ -1134,8 +1254,9 @@ impl Sluice {
             cmd.env(UPSTREAM_PASSWORD_ENV, password);
         }
         cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
+        let spawned = Instant::now();
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-        let end = Instant::now() + DEADLINE;
+        let end = spawned + DEADLINE.max(self.builder.start_deadline);
         for i in 0..self.listeners.len() {
             loop {
                 if let Ok(Some(status)) = child.try_wait() {
@@ -1152,15 +1273,17 @@ impl Sluice {
                     let _ = child.kill();
                     let _ = child.wait();
                     return Err(format!(
-                        "sluice serve did not greet with 220 on 127.0.0.1:{} within {DEADLINE:?}.\n--- config ---\n{}\n--- log ---\n{}",
+                        "sluice serve did not greet with 220 on 127.0.0.1:{} within {:?}.\n--- config ---\n{}\n--- log ---\n{}",
                         self.listeners[i].port,
+                        DEADLINE.max(self.builder.start_deadline),
                         self.config_text(),
                         tail(&log_path, 80)
                     ));
                 }
-                sleep(Duration::from_millis(100));
+                sleep(Duration::from_millis(20));
             }
         }
+        self.last_start = spawned.elapsed();
         self.child = Some(child);
         Ok(())
     }
@@ -1174,6 +1297,10 @@ impl Sluice {
                 SmtpClient::try_connect(l.port)?
             };
             c.set_timeout(Duration::from_secs(5));
+            if l.is_proxy() {
+                // A load balancer's health check: the connection's own address.
+                c.write_all(b"PROXY UNKNOWN\r\n")?;
+            }
             let g = c.try_read_reply()?;
             let _ = c.write_all(b"QUIT\r\n");
             Ok(g.code == 220)
@@ -1356,6 +1483,31 @@ impl SmtpClient {
         Ok(SmtpClient { stream: Stream::Plain(tcp), buf: Vec::new(), port })
     }
 
+    /// Connects to 127.0.0.1:`port` from the local address `source` (any 127.0.0.0/8 address works
+    /// on Linux's loopback), the greeting not read.
+    pub fn try_connect_from(source: std::net::IpAddr, port: u16) -> io::Result<SmtpClient> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build()?;
+        let tcp = rt.block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind((source, 0).into())?;
+            tokio::time::timeout(Duration::from_secs(5), socket.connect(([127, 0, 0, 1], port).into()))
+                .await
+                .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??
+                .into_std()
+        })?;
+        tcp.set_nonblocking(false)?;
+        tcp.set_read_timeout(Some(IO_TIMEOUT))?;
+        tcp.set_write_timeout(Some(IO_TIMEOUT))?;
+        tcp.set_nodelay(true)?;
+        Ok(SmtpClient { stream: Stream::Plain(tcp), buf: Vec::new(), port })
+    }
+
+    /// [`SmtpClient::try_connect_from`], panicking on error.
+    pub fn connect_from(source: std::net::IpAddr, port: u16) -> SmtpClient {
+        Self::try_connect_from(source, port)
+            .unwrap_or_else(|e| panic!("connect to 127.0.0.1:{port} from {source}: {e}"))
+    }
+
     /// Connects to 127.0.0.1:`port` (the greeting is not read).
     pub fn connect(port: u16) -> SmtpClient {
         Self::try_connect(port).unwrap_or_else(|e| panic!("connect to 127.0.0.1:{port}: {e}"))
@@ -1397,6 +1549,13 @@ impl SmtpClient {
         }
         self.stream = Stream::Tls(Box::new(tls));
         Ok(())
+    }
+
+    /// The TLS handshake on this plain connection, after the caller's own STARTTLS got its 220
+    /// (for tests that send STARTTLS together with other bytes). Fails if the server sent anything
+    /// after its 220.
+    pub fn tls_handshake(&mut self, config: Arc<rustls::ClientConfig>) -> io::Result<()> {
+        self.upgrade_tls(config)
     }
 
     pub fn is_tls(&self) -> bool {
