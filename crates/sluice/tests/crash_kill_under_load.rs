@@ -5,10 +5,12 @@
 //! After each kill the spool on disk is checked as recovery will find it: every record whole,
 //! every body at its recorded size; and no restart reports a corrupt entry.
 //!
-//! CI runs 6 kills; `scripts/faults.sh` runs 20 (`SLUICE_FAULTS_KILLS`).
+//! Built only with the `fault-tests` feature (see crates/sluice/Cargo.toml for why): `scripts/faults.sh`
+//! runs it with 20 kills (`SLUICE_FAULTS_KILLS`; 6 by default).
 
 mod common;
 
+use std::fs;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -56,7 +58,43 @@ fn acknowledged_mail_survives_sigkill_at_random_moments() {
 
     // Everything acknowledged arrives, whichever run of sluice delivers it.
     let deadline = Duration::from_secs(60) + Duration::from_millis(50 * report.acked.len() as u64);
-    let msgs = wait_for_load_ids(report.acked.keys(), deadline, |seq| up.messages_after(seq));
+    let (msgs, missing) = collect_load_ids(report.acked.keys(), deadline, |seq| up.messages_after(seq));
+    if !missing.is_empty() {
+        // Everything there is to know about the missing ones, then fail.
+        let log = sluice.log();
+        let mut story = String::new();
+        for id in &missing {
+            let queue_id = report.queue_ids.get(id).cloned().unwrap_or_default();
+            story.push_str(&format!("--- {id}: queued as {queue_id}; files: "));
+            for dir in ["queue", "tmp", "corrupt"] {
+                for name in fs::read_dir(sluice.spool_dir.join(dir)).into_iter().flatten().flatten() {
+                    let name = name.file_name().to_string_lossy().into_owned();
+                    if !queue_id.is_empty() && name.contains(&queue_id) {
+                        story.push_str(&format!("{dir}/{name} "));
+                    }
+                }
+            }
+            story.push('\n');
+            for line in log.lines().filter(|l| !queue_id.is_empty() && l.contains(&queue_id)) {
+                story.push_str(line);
+                story.push('\n');
+            }
+        }
+        for line in log.lines().filter(|l| {
+            l.contains("test harness") || l.contains("listen") || l.contains("ERROR") || l.contains("panicked")
+        }) {
+            story.push_str(line);
+            story.push('\n');
+        }
+        let bounces = msgs.iter().filter(|m| m.mail_from.is_empty()).count();
+        panic!(
+            "{} acknowledged message(s) never reached the upstream ({bounces} bounce(s) there; queue/ holds {} \
+             file(s), corrupt/ {:?}):\n{story}",
+            missing.len(),
+            queue_files(&sluice.spool_dir).len(),
+            corrupt_files(&sluice.spool_dir)
+        );
+    }
     // ... and nothing is left behind in the queue.
     wait_for_empty_queue(&sluice.spool_dir, Duration::from_secs(60));
 
@@ -78,6 +116,8 @@ fn acknowledged_mail_survives_sigkill_at_random_moments() {
         lost.len()
     );
     assert!(lost.is_empty(), "acknowledged messages were lost: {lost:?}");
+    let bounces: Vec<&Received> = msgs.iter().filter(|m| m.mail_from.is_empty()).collect();
+    assert!(bounces.is_empty(), "sluice bounced {} message(s):\n{}", bounces.len(), show(&bounces[0].data));
     // No restart found anything to quarantine.
     let corrupt = corrupt_files(&sluice.spool_dir);
     assert!(corrupt.is_empty(), "a restart quarantined queue entries: {corrupt:?}");
