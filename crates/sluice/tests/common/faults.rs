@@ -330,6 +330,8 @@ pub const LOAD_FROM: &str = "load@client.test";
 pub struct LoadReport {
     /// Ids of the messages sluice answered 250 at the end of DATA, with their recipients.
     pub acked: BTreeMap<String, Vec<String>>,
+    /// The queue id sluice named in each 250 ("queued as <id>"), by message id.
+    pub queue_ids: BTreeMap<String, String>,
     /// Ids of every message whose DATA content was sent (acked or not).
     pub attempted: BTreeSet<String>,
     /// End-of-DATA replies other than 250, by code.
@@ -421,7 +423,12 @@ fn load_thread(port: u16, n: usize, o: &LoadOptions, shared: &Shared) {
             let size = rng.range(o.body_bytes.0, o.body_bytes.1 + 1) as usize;
             match send_load_message(&mut c, &id, &recipients, size, shared) {
                 Ok(reply) if reply.code == 250 => {
-                    shared.report.lock().unwrap().acked.insert(id, recipients);
+                    let mut report = shared.report.lock().unwrap();
+                    if let Some(queue_id) = reply.text().split("queued as ").nth(1) {
+                        report.queue_ids.insert(id.clone(), queue_id.trim().to_string());
+                    }
+                    report.acked.insert(id, recipients);
+                    drop(report);
                     shared.acked_count.fetch_add(1, Ordering::Relaxed);
                     if !o.pause.is_zero() {
                         sleep(o.pause);
@@ -500,28 +507,49 @@ fn send_load_message(
 pub fn wait_for_load_ids<'a>(
     wanted: impl IntoIterator<Item = &'a String>,
     deadline: Duration,
-    mut read_after: impl FnMut(u64) -> Vec<Received>,
+    read_after: impl FnMut(u64) -> Vec<Received>,
 ) -> Vec<Received> {
+    let (all, missing) = collect_load_ids(wanted, deadline, read_after);
+    assert!(
+        missing.is_empty(),
+        "gave up after {deadline:?}: {} acknowledged message(s) never reached the upstream, e.g. {:?}",
+        missing.len(),
+        missing.iter().take(10).collect::<Vec<_>>()
+    );
+    all
+}
+
+/// Like [`wait_for_load_ids`], but returns what is still missing at the deadline instead of failing.
+///
+/// The upstream numbers what it stores 1, 2, 3, ... but a directory listing taken while files are
+/// being renamed in may show number n+1 and not yet n (readdir order is not creation order), so the
+/// next read starts after the longest run of numbers seen without a gap, and skips what it has.
+pub fn collect_load_ids<'a>(
+    wanted: impl IntoIterator<Item = &'a String>,
+    deadline: Duration,
+    mut read_after: impl FnMut(u64) -> Vec<Received>,
+) -> (Vec<Received>, BTreeSet<String>) {
     let mut missing: BTreeSet<&String> = wanted.into_iter().collect();
     let mut all: Vec<Received> = Vec::new();
+    let mut seen: BTreeSet<u64> = BTreeSet::new();
+    let mut cursor = 0;
     let end = Instant::now() + deadline;
     loop {
-        let batch = read_after(all.last().map_or(0, |m| m.seq));
-        for m in &batch {
+        for m in read_after(cursor) {
+            if !seen.insert(m.seq) {
+                continue;
+            }
             if let Some(id) = load_id(&m.data) {
                 missing.remove(&id);
             }
+            all.push(m);
         }
-        all.extend(batch);
-        if missing.is_empty() {
-            return all;
+        while seen.contains(&(cursor + 1)) {
+            cursor += 1;
         }
-        if Instant::now() >= end {
-            panic!(
-                "gave up after {deadline:?}: {} acknowledged message(s) never reached the upstream, e.g. {:?}",
-                missing.len(),
-                missing.iter().take(10).collect::<Vec<_>>()
-            );
+        if missing.is_empty() || Instant::now() >= end {
+            all.sort_by_key(|m| m.seq);
+            return (all, missing.into_iter().cloned().collect());
         }
         sleep(Duration::from_millis(200));
     }

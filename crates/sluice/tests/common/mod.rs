@@ -1266,7 +1266,7 @@ impl Sluice {
                         tail(&log_path, 80)
                     ));
                 }
-                if self.greets(i) {
+                if self.greets(i) && owns_listener(child.id(), self.listeners[i].port) {
                     break;
                 }
                 if Instant::now() >= end {
@@ -1361,6 +1361,37 @@ impl Drop for Sluice {
             );
         }
     }
+}
+
+/// Whether process `pid` owns a socket listening on `port` (from /proc; where there is no /proc, assumed).
+/// A start is complete when *this* sluice greets: another server that took the port while sluice was
+/// down (another test suite on the same machine picks free ports too) must not pass for it.
+fn owns_listener(pid: u32, port: u16) -> bool {
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return true;
+    };
+    let sockets: BTreeSet<String> = fds
+        .filter_map(|e| e.ok())
+        .filter_map(|e| fs::read_link(e.path()).ok())
+        .filter_map(|l| Some(l.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.to_string()))
+        .collect();
+    let mut readable = false;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = fs::read_to_string(table) else {
+            continue;
+        };
+        readable = true;
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let listening_on_port = f.len() > 9
+                && f[3] == "0A"
+                && f[1].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok()) == Some(port);
+            if listening_on_port && sockets.contains(f[9]) {
+                return true;
+            }
+        }
+    }
+    !readable
 }
 
 /// The environment variable carrying the upstream password when `password_via_env` is set.
