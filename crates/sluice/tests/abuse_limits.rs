@@ -152,10 +152,7 @@ fn command_line_trickled_byte_by_byte_is_cut_off() {
 
 #[test]
 fn auth_response_trickled_byte_by_byte_is_cut_off() {
-    let (_up, sluice) = start(
-        Listener::plain().insecure_allow_plaintext_auth(true).set("command_timeout", "2s"),
-        "",
-    );
+    let (_up, sluice) = start(Listener::plain().insecure_allow_plaintext_auth(true).set("command_timeout", "2s"), "");
     let mut c = sluice.connect(0);
     c.ehlo();
     c.cmd("AUTH LOGIN").expect(334, None, "AUTH LOGIN");
