@@ -91,7 +91,7 @@ trap 'exit 130' INT TERM
 scripts/test.sh --install-only
 
 echo "scripts/faults.sh: building the tests ($MODE run${PROFILE:+, release profile})" | tee -a "$FAULTS_LOG"
-cargo test -p sluice --locked --features fault-tests "${PROFILE[@]}" --no-run 2>&1 | tail -3 | tee -a "$FAULTS_LOG"
+cargo test -p sluice --locked "${PROFILE[@]}" --no-run 2>&1 | tail -3 | tee -a "$FAULTS_LOG"
 
 failed=()
 for entry in "${SCENARIOS[@]}"; do
@@ -103,7 +103,7 @@ for entry in "${SCENARIOS[@]}"; do
     started=$(date +%s)
     set +e
     TMPDIR="$WORK" timeout -k 30 "$limit" \
-        cargo test -p sluice --locked --features fault-tests "${PROFILE[@]}" --test "$name" -- --nocapture \
+        cargo test -p sluice --locked "${PROFILE[@]}" --test "$name" -- --nocapture \
         >>"$FAULTS_LOG" 2>&1 &
     RUNNING=$!
     wait "$RUNNING"

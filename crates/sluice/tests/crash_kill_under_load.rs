@@ -5,8 +5,10 @@
 //! After each kill the spool on disk is checked as recovery will find it: every record whole,
 //! every body at its recorded size; and no restart reports a corrupt entry.
 //!
-//! Built only with the `fault-tests` feature (see crates/sluice/Cargo.toml for why): `scripts/faults.sh`
-//! runs it with 20 kills (`SLUICE_FAULTS_KILLS`; 6 by default).
+//! CI runs 6 kills; `scripts/faults.sh` runs 20 (`SLUICE_FAULTS_KILLS`).
+//!
+//! A message found missing gets its whole story printed (its queue id from the 250, its files, every
+//! log line naming it) before the test fails.
 
 mod common;
 
