@@ -20,6 +20,24 @@ struct Cli {
     command: Command,
 }
 
+/// How a command finds the running relay's admin interface.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The relay's configuration (its spool directory tells where the admin interface listens).
+    #[arg(long, short, env = "SLUICE_CONFIG")]
+    config: Option<PathBuf>,
+    /// The admin interface's URL, instead of looking it up in the spool directory.
+    #[arg(long, env = "SLUICE_ADMIN_URL")]
+    admin_url: Option<String>,
+}
+
+impl AdminArgs {
+    fn client(&self) -> anyhow::Result<sluice::admin::client::AdminClient> {
+        let spool_dir = config::spool_dir(self.config.as_deref())?;
+        sluice::admin::client::AdminClient::discover(&spool_dir, self.admin_url.as_deref())
+    }
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum LogFormat {
     Text,
@@ -43,6 +61,11 @@ enum Command {
     Passwd,
     /// Print the embedded default configuration.
     DefaultConfig,
+    /// Ask the running relay how it is (through its admin interface).
+    Status {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Submit a message the way sendmail does (also what runs when sluice is installed as `sendmail`):
     /// recipients as arguments or -t, -f sender, -F full name, -i/-oi; the message on stdin. It goes to
     /// the local sluice at $SLUICE_SENDMAIL_SERVER (default 127.0.0.1:25).
@@ -81,6 +104,16 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => check_config(&config),
         Command::Passwd => passwd(),
         Command::Sendmail { args } => ExitCode::from(sluice::sendmail::main(&args)),
+        Command::Status { admin } => run_admin_command(async move {
+            let client = admin.client()?;
+            let report: sluice::admin::StatusReport = client.get("/api/status").await?;
+            println!("sluice {} on {} (pid {})", report.version, report.hostname, report.pid);
+            println!("  up {}", humantime::format_duration(std::time::Duration::from_secs(report.uptime_seconds)));
+            println!("  {}", if report.ready { "ready" } else { "not ready" });
+            println!("  queued: {}", report.queued);
+            println!("  admin:  {}", client.base_url());
+            Ok(())
+        }),
         Command::DefaultConfig => {
             print!("{}", config::EMBEDDED_DEFAULT);
             ExitCode::SUCCESS
@@ -110,6 +143,24 @@ fn block_on(future: impl std::future::Future<Output = anyhow::Result<()>>) -> Ex
         },
         Err(e) => {
             eprintln!("sluice: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a command that talks to the running relay on a small runtime; errors go to stderr, exit 1.
+fn run_admin_command(future: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("sluice: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(future) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice: {e:#}");
             ExitCode::FAILURE
         }
     }

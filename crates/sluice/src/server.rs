@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+use crate::admin::AdminState;
 use crate::config::Config;
 use crate::listener::{self, ListenerContext, Shared};
 use crate::policy::Users;
@@ -57,6 +58,16 @@ pub async fn run_with(
     let workers_stop = CancellationToken::new();
     let mut workers = scheduler.spawn_workers(workers_stop.clone());
 
+    let admin = crate::admin::start(
+        &config.admin,
+        &config.spool_dir,
+        |token, public_metrics| {
+            Arc::new(AdminState::new(config.hostname.clone(), scheduler.clone(), spool.clone(), token, public_metrics))
+        },
+        shutdown.clone(),
+    )
+    .await?;
+
     let shared = Arc::new(Shared {
         hostname: config.hostname.clone(),
         spool,
@@ -85,9 +96,15 @@ pub async fn run_with(
         listeners.spawn(listener::serve(socket, ctx, sessions.clone()));
     }
     info!(upstream = %config.upstream.display_name(), hostname = %config.hostname, "sluice is running");
+    if let Some((_, state)) = &admin {
+        state.ready.store(true, std::sync::atomic::Ordering::Release);
+    }
     ready(&scheduler);
 
     shutdown.cancelled().await;
+    if let Some((_, state)) = &admin {
+        state.ready.store(false, std::sync::atomic::Ordering::Release);
+    }
     info!("shutting down: no new connections; waiting for sessions in flight");
     listeners.close();
     listeners.wait().await;

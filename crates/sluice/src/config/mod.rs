@@ -120,8 +120,21 @@ pub struct Config {
     /// Identity rules: per network, certificate and user.
     pub policy: Policy,
     pub abuse: AbuseLimits,
+    pub admin: AdminConfig,
     /// Things that work but that the admin should know about (printed by serve and check-config).
     pub warnings: Vec<String>,
+}
+
+/// The admin interface (see `crate::admin`).
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// None: turned off.
+    pub listen: Option<SocketAddr>,
+    /// From `token_file` or SLUICE_ADMIN_TOKEN; None: generated at start-up.
+    pub token: Option<Secret>,
+    /// Where `token` came from, when a file (told to `sluice` commands through the spool).
+    pub token_file: Option<PathBuf>,
+    pub public_metrics: bool,
 }
 
 #[derive(Clone)]
@@ -270,6 +283,25 @@ impl UpstreamConfig {
         }
         format!("{}:{}", self.host, self.port)
     }
+}
+
+/// The spool directory a configuration names (the embedded default's without a file), read without
+/// resolving the rest: the `sluice` commands that talk to a running relay need only this to find it, and
+/// may run as a user who cannot read its keys.
+pub fn spool_dir(path: Option<&Path>) -> Result<PathBuf, ConfigError> {
+    #[derive(serde::Deserialize)]
+    struct OnlySpool {
+        spool_dir: PathBuf,
+    }
+    let (text, base) = match path {
+        Some(path) => (
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?,
+            path.parent().unwrap_or(Path::new(".")).to_owned(),
+        ),
+        None => (EMBEDDED_DEFAULT.to_owned(), PathBuf::from(".")),
+    };
+    let only: OnlySpool = toml::from_str(&text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+    Ok(base.join(only.spool_dir))
 }
 
 /// Reads and resolves a configuration file.
@@ -488,8 +520,37 @@ fn resolve(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         return Err(invalid("retry", "need 0 < initial_interval <= max_interval"));
     }
 
+    let admin = resolve_admin(raw.admin, base)?;
     let spool_dir = base.join(raw.spool_dir);
-    Ok(Config { hostname, spool_dir, listeners, users, upstream, retry, policy, abuse, warnings })
+    Ok(Config { hostname, spool_dir, listeners, users, upstream, retry, policy, abuse, admin, warnings })
+}
+
+/// The environment variable that may hold the admin token instead of `admin.token_file`.
+pub const ADMIN_TOKEN_ENV: &str = "SLUICE_ADMIN_TOKEN";
+
+fn resolve_admin(raw: raw::RawAdmin, base: &Path) -> Result<AdminConfig, ConfigError> {
+    if !raw.enabled {
+        return Ok(AdminConfig { listen: None, token: None, token_file: None, public_metrics: false });
+    }
+    let listen: SocketAddr =
+        raw.listen.parse().map_err(|e| invalid("admin.listen", format!("{:?}: {e}", raw.listen)))?;
+    if !listen.ip().is_loopback() && !raw.insecure_allow_remote {
+        return Err(invalid(
+            "admin.listen",
+            format!(
+                "{listen} is not a loopback address; the admin interface controls the queue (set insecure_allow_remote to allow it)"
+            ),
+        ));
+    }
+    let token_file = raw.token_file.as_ref().map(|f| base.join(f));
+    let token = match &raw.token_file {
+        Some(file) => read_secret(Some(file), None, base, "admin.token_file", ADMIN_TOKEN_ENV)?,
+        None => std::env::var(ADMIN_TOKEN_ENV).ok().filter(|t| !t.is_empty()).map(Secret),
+    };
+    if token.as_ref().is_some_and(|t| t.expose().len() < 16) {
+        return Err(invalid("admin.token_file", "the admin token must be at least 16 characters"));
+    }
+    Ok(AdminConfig { listen: Some(listen), token, token_file, public_metrics: raw.public_metrics })
 }
 
 fn read_secret(

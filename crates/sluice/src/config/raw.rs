@@ -30,6 +30,46 @@ pub struct RawConfig {
     pub upstream: RawUpstream,
     #[serde(default)]
     pub retry: RawRetry,
+    #[serde(default)]
+    pub admin: RawAdmin,
+}
+
+/// The admin interface: loopback HTTP with a bearer token, serving the queue API that `sluice queue`
+/// uses, the status page, Prometheus metrics and health checks.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Turn the admin interface off (the `sluice queue` commands then cannot reach this relay).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Where it listens. Port 0 picks a free port; `sluice` commands find it through the spool directory.
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+    /// Allow a listen address other than loopback (put TLS and a firewall in front of it).
+    #[serde(default)]
+    pub insecure_allow_remote: bool,
+    /// File holding the bearer token (or set SLUICE_ADMIN_TOKEN). Without either, a token is generated at
+    /// each start into `<spool_dir>/admin.token`, readable by the owner only.
+    pub token_file: Option<PathBuf>,
+    /// Serve /metrics without the token (for a Prometheus on the same host that has no token).
+    #[serde(default)]
+    pub public_metrics: bool,
+}
+
+impl Default for RawAdmin {
+    fn default() -> RawAdmin {
+        RawAdmin {
+            enabled: true,
+            listen: default_admin_listen(),
+            insecure_allow_remote: false,
+            token_file: None,
+            public_metrics: false,
+        }
+    }
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:0".into()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
