@@ -137,7 +137,7 @@ mod tests {
             routes: vec![
                 route(&["contoso.com"], &["erp"], &["10.1.0.0/16"], "all-three"),
                 route(&[], &["erp", "crm"], &[], "apps"),
-                route(&[], &[], &["10.1.0.0/16", "192.0.2.7"], "lan"),
+                route(&[], &[], &["10.1.0.0/16", "192.0.2.7/32"], "lan"),
                 route(&["contoso.com"], &[], &[], "contoso"),
             ],
             fallback: RouteChoice::to("default"),

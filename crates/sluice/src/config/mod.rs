@@ -47,6 +47,13 @@ fn invalid(key: impl Into<String>, message: impl fmt::Display) -> ConfigError {
 /// so errors found after parsing can point at the file like syntax errors do. Best effort: `None` when the
 /// key is not written out (a missing key, or one set through an inline table).
 fn locate(text: &str, key: &str) -> Option<usize> {
+    // A table named in full (`upstreams.m365` for `[upstreams.m365]`).
+    if let Some(n) = text.lines().position(|l| {
+        let t = l.trim();
+        t.starts_with('[') && t.trim_start_matches('[').split(']').next().is_some_and(|h| h.trim() == key)
+    }) {
+        return Some(n + 1);
+    }
     let (table, field) = match key.rsplit_once('.') {
         Some((table, field)) => (Some(table), field),
         None if key.contains('[') || text.contains(&format!("[{key}]")) => (Some(key), ""),
@@ -668,11 +675,7 @@ fn resolve_upstream(
     let kind = u.kind;
     let kind_name = kind.name();
     let not_for = |key: &str, set: bool| -> Result<(), ConfigError> {
-        if set {
-            Err(invalid(format!("{p}.{key}"), format!("not used by kind = \"{kind_name}\"")))
-        } else {
-            Ok(())
-        }
+        if set { Err(invalid(format!("{p}.{key}"), format!("not used by kind = \"{kind_name}\""))) } else { Ok(()) }
     };
     let password = read_secret(
         u.password_file.as_ref(),
@@ -724,7 +727,8 @@ fn resolve_upstream(
     let (host, port) = match kind {
         K::Smtp | K::M365Connector => {
             let host = u.host.clone().ok_or_else(|| {
-                invalid(format!("{p}.host"),
+                invalid(
+                    format!("{p}.host"),
                     if kind == K::Smtp {
                         "required".to_owned()
                     } else {
@@ -780,7 +784,8 @@ fn resolve_upstream(
         not_for("sender_rewrite", true)?;
     }
     if credentials.is_some() && u.tls == UpstreamTls::None {
-        return Err(invalid(format!("{p}.tls"),
+        return Err(invalid(
+            format!("{p}.tls"),
             "AUTH would send the password unencrypted: use tls = \"starttls\" or \"implicit\"",
         ));
     }
@@ -820,7 +825,8 @@ fn resolve_upstream(
         )?;
         let credential = match (secret, &u.client_certificate_file, &u.client_key_file) {
             (Some(_), Some(_), _) => {
-                return Err(invalid(format!("{p}.client_certificate_file"),
+                return Err(invalid(
+                    format!("{p}.client_certificate_file"),
                     "set a client secret or a certificate, not both",
                 ));
             }
@@ -835,13 +841,15 @@ fn resolve_upstream(
                     .ok_or_else(|| invalid(cert_key, format!("{}: no certificate", cert_path.display())))?;
                 let key_path = base.join(key);
                 let key_der = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_file(&key_path).map_err(|e| {
-                    invalid(format!("{p}.client_key_file"),
+                    invalid(
+                        format!("{p}.client_key_file"),
                         format!("{}: {e} (a PKCS#8 RSA key is needed)", key_path.display()),
                     )
                 })?;
                 let key_pkcs8 = key_der.secret_pkcs8_der().to_vec();
                 if ring::signature::RsaKeyPair::from_pkcs8(&key_pkcs8).is_err() {
-                    return Err(invalid(format!("{p}.client_key_file"),
+                    return Err(invalid(
+                        format!("{p}.client_key_file"),
                         "not an RSA key (Entra ID takes RSA certificates)",
                     ));
                 }
@@ -851,7 +859,8 @@ fn resolve_upstream(
                 return Err(invalid(format!("{p}.client_key_file"), "required with client_certificate_file"));
             }
             (None, None, _) => {
-                return Err(invalid(format!("{p}.client_secret_file"),
+                return Err(invalid(
+                    format!("{p}.client_secret_file"),
                     "required (or client_secret_env, or client_certificate_file + client_key_file)",
                 ));
             }
@@ -876,10 +885,10 @@ fn resolve_upstream(
         if !u.save_to_sent_items {
             // Graph's MIME form of sendMail takes no parameters besides the message: Exchange saves the
             // copy. Say so rather than pretend.
-            warnings.push(
-                format!("{p}.save_to_sent_items = false: Graph's MIME sendMail has no saveToSentItems parameter; \
-                 Exchange Online keeps a copy in Sent Items anyway"),
-            );
+            warnings.push(format!(
+                "{p}.save_to_sent_items = false: Graph's MIME sendMail has no saveToSentItems parameter; \
+                 Exchange Online keeps a copy in Sent Items anyway"
+            ));
         }
         Some(GraphConfig {
             send_mail_url: format!("{users_url}/{user}/sendMail"),
@@ -897,15 +906,16 @@ fn resolve_upstream(
                 .and_then(|it| it.collect::<Result<Vec<_>, _>>())
                 .map_err(|e| invalid(format!("{p}.tls_client_cert_file"), format!("{}: {e}", cert_path.display())))?;
             if chain.is_empty() {
-                return Err(invalid(format!("{p}.tls_client_cert_file"),
+                return Err(invalid(
+                    format!("{p}.tls_client_cert_file"),
                     format!("{}: no certificate", cert_path.display()),
                 ));
             }
             if chain.len() == 1 {
-                warnings.push(
-                    format!("{p}.tls_client_cert_file holds one certificate: Exchange Online needs the full chain \
-                     (leaf then intermediates), else 550 5.7.64 TenantAttribution"),
-                );
+                warnings.push(format!(
+                    "{p}.tls_client_cert_file holds one certificate: Exchange Online needs the full chain \
+                     (leaf then intermediates), else 550 5.7.64 TenantAttribution"
+                ));
             }
             let key_path = base.join(key);
             let key_der = PrivateKeyDer::from_pem_file(&key_path)
@@ -914,7 +924,8 @@ fn resolve_upstream(
         }
         (None, None) => None,
         _ => {
-            return Err(invalid(format!("{p}.tls_client_cert_file"),
+            return Err(invalid(
+                format!("{p}.tls_client_cert_file"),
                 "set both tls_client_cert_file and tls_client_key_file",
             ));
         }
@@ -924,7 +935,11 @@ fn resolve_upstream(
     let (server_name, display_host) = if kind == K::M365Graph {
         let url = &graph.as_ref().expect("graph kind").send_mail_url;
         let host = url.trim_start_matches("https://").split(['/', ':']).next().unwrap_or("").to_owned();
-        (ServerName::try_from(host.clone()).map_err(|e| invalid(format!("{p}.graph_url"), format!("{host:?}: {e}")))?, host)
+        (
+            ServerName::try_from(host.clone())
+                .map_err(|e| invalid(format!("{p}.graph_url"), format!("{host:?}: {e}")))?,
+            host,
+        )
     } else {
         let name = u.tls_server_name.clone().unwrap_or_else(|| host.clone());
         (
@@ -1230,6 +1245,84 @@ mod tests {
         assert!(err("kind = \"m365-connector\"").contains("upstream.host"));
         assert!(err("kind = \"smtp\"\nhost = \"x\"\nclient_id = \"y\"").contains("upstream.client_id"));
         assert!(err("kind = \"m365-oauth\"\nmailbox = \"a@b.c\"\ntoken_url = \"http://x\"\nclient_id = \"x\"\nclient_secret_env = \"PATH\"").contains("upstream.token_url"));
+    }
+
+    /// Two upstreams, a pool and routes; `routes` is appended.
+    fn routed(routes: &str) -> Result<Config, ConfigError> {
+        let text = format!(
+            "spool_dir = \"spool\"\n[[listener]]\naddress = \"127.0.0.1:2525\"\n\
+             [upstreams.m365]\nkind = \"m365-oauth\"\nmailboxes = [\"scanner@contoso.com\", \"alerts@contoso.com\"]\n\
+             tenant = \"contoso.com\"\nclient_id = \"app\"\nclient_secret_env = \"PATH\"\n\
+             [upstreams.smarthost]\nhost = \"127.0.0.1\"\nport = 2526\ntls = \"none\"\n{routes}"
+        );
+        parse(&text, Path::new("."))
+    }
+
+    #[test]
+    fn routes_upstreams_and_pools_resolve() {
+        let config = routed(
+            "[[routes]]\nsenders = [\"*@scan.contoso.com\", \"contoso.com\"]\nusers = [\"erp\"]\n\
+             networks = [\"10.1.0.0/16\"]\nupstream = \"m365\"\nmailbox = \"Alerts@contoso.com\"\n\
+             sender_rewrite = \"rewrite\"\n[[routes]]\nupstream = \"smarthost\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.upstreams.len(), 2);
+        let m365 = config.upstreams.iter().find(|u| u.name == "m365").unwrap();
+        assert_eq!(m365.mailboxes, ["scanner@contoso.com", "alerts@contoso.com"]);
+        assert_eq!(m365.mailbox.as_deref(), Some("scanner@contoso.com"));
+        assert_eq!(m365.connections, 4, "2 mailboxes x 3 connections allow the default 4");
+        assert_eq!(m365.max_connections_per_mailbox, 3);
+        let first = &config.routing.routes[0].choice;
+        assert_eq!(first.mailbox.as_deref(), Some("alerts@contoso.com"), "the pool's spelling");
+        assert_eq!(first.sender_rewrite, Some(SenderRewrite::Mailbox));
+        assert_eq!(config.routing.fallback.upstream, "smarthost", "the route without conditions");
+        assert_eq!(config.upstream.name, "smarthost");
+        // A single [upstream] is "default" and takes everything.
+        let single = parse(&minimal(""), Path::new(".")).unwrap();
+        assert_eq!(single.upstream.name, DEFAULT_UPSTREAM);
+        assert_eq!(single.routing.fallback.upstream, DEFAULT_UPSTREAM);
+    }
+
+    #[test]
+    fn route_mistakes_name_their_key_and_line() {
+        let err = |routes: &str| routed(routes).unwrap_err().to_string();
+        let e =
+            err("[[routes]]\nupstream = \"smarthost\"\n[[routes]]\nsenders = [\"a.com\"]\nupstream = \"nowhere\"\n");
+        assert!(e.contains("routes[1].upstream (line 18)") && e.contains("nowhere"), "{e}");
+        let e = err("[[routes]]\nupstream = \"m365\"\nmailbox = \"printer@contoso.com\"\n");
+        assert!(e.contains("routes[0].mailbox (line 16)") && e.contains("not in the pool"), "{e}");
+        let e = err("[[routes]]\nupstream = \"smarthost\"\nmailbox = \"a@contoso.com\"\n");
+        assert!(e.contains("routes[0].mailbox") && e.contains("sends as no mailbox"), "{e}");
+        let e = err("[[routes]]\nupstream = \"smarthost\"\nsender_rewrite = \"rewrite\"\n");
+        assert!(e.contains("routes[0].sender_rewrite"), "{e}");
+        let e = err("[[routes]]\nsenders = [\"a b\"]\nupstream = \"m365\"\n");
+        assert!(e.contains("routes[0].senders"), "{e}");
+        let e = err("[[routes]]\nnetworks = [\"10.0.0.0/33\"]\nupstream = \"m365\"\n");
+        assert!(e.contains("routes[0].networks"), "{e}");
+        // Several upstreams, none "default", no route without conditions: where would the rest go?
+        let e = err("[[routes]]\nsenders = [\"contoso.com\"]\nupstream = \"m365\"\n");
+        assert!(e.contains("routes") && e.contains("no default"), "{e}");
+        let e = err("[[routes]]\nsenders = [\"contoso.com\"]\n");
+        assert!(e.contains("routes[0].upstream") && e.contains("none is named"), "{e}");
+        // [upstream] is "default": an [upstreams.default] beside it is a duplicate.
+        let e = parse(&minimal("[upstreams.default]\nhost = \"x\"\n"), Path::new(".")).unwrap_err().to_string();
+        assert!(e.contains("upstreams.default (line 10)") && e.contains("duplicate"), "{e}");
+        let e = routed("").unwrap_err().to_string();
+        assert!(e.contains("no default"), "{e}");
+    }
+
+    #[test]
+    fn pool_mistakes_name_their_key() {
+        let err = |u: &str| m365(u).unwrap_err().to_string();
+        let oauth = "kind = \"m365-oauth\"\ntenant = \"t\"\nclient_id = \"x\"\nclient_secret_env = \"PATH\"\n";
+        let e = err(&format!("{oauth}mailboxes = [\"a@b.c\", \"A@b.c\"]"));
+        assert!(e.contains("upstream.mailboxes") && e.contains("duplicate"), "{e}");
+        let e = err(&format!("{oauth}mailbox = \"a@b.c\"\nmailboxes = [\"d@b.c\"]"));
+        assert!(e.contains("upstream.mailboxes") && e.contains("not both"), "{e}");
+        let e = err("kind = \"m365-basic\"\nmailboxes = [\"a@b.c\", \"d@b.c\"]\npassword_env = \"PATH\"");
+        assert!(e.contains("upstream.mailboxes") && e.contains("m365-basic"), "{e}");
+        let e = err(&format!("{oauth}mailboxes = [\"not-an-address\"]"));
+        assert!(e.contains("upstream.mailboxes"), "{e}");
     }
 
     #[test]

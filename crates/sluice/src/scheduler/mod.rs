@@ -189,8 +189,8 @@ fn choose(
     instant: Instant,
     max_connections: usize,
 ) -> Choice {
-    let pinned_at = pinned
-        .and_then(|p| boxes.iter().position(|b| b.address.as_deref().is_some_and(|a| a.eq_ignore_ascii_case(p))));
+    let pinned_at =
+        pinned.and_then(|p| boxes.iter().position(|b| b.address.as_deref().is_some_and(|a| a.eq_ignore_ascii_case(p))));
     let candidates: Vec<usize> = match pinned_at {
         Some(i) => vec![i],
         None => (0..boxes.len()).collect(),
@@ -200,7 +200,8 @@ fn choose(
             boxes[i].paused_until = None;
         }
     }
-    if let Some(left) = candidates.iter().map(|&i| boxes[i].paused_until.map(|u| u - instant)).collect::<Option<Vec<_>>>()
+    if let Some(left) =
+        candidates.iter().map(|&i| boxes[i].paused_until.map(|u| u - instant)).collect::<Option<Vec<_>>>()
     {
         return Choice::Paused(left.into_iter().min().unwrap_or(Duration::ZERO));
     }
@@ -404,11 +405,7 @@ impl Inner {
     /// The lane of a record: its route's upstream, or the default route's.
     fn lane_of(&self, record: &QueueRecord) -> usize {
         let name = record.route.as_ref().map_or(&self.routing.fallback.upstream, |r| &r.upstream);
-        self.lane_index
-            .get(name)
-            .or_else(|| self.lane_index.get(&self.routing.fallback.upstream))
-            .copied()
-            .unwrap_or(0)
+        self.lane_index.get(name).or_else(|| self.lane_index.get(&self.routing.fallback.upstream)).copied().unwrap_or(0)
     }
 
     fn release(&self, lane: usize) -> bool {
@@ -568,13 +565,21 @@ impl Inner {
     }
 
     /// Waits until mailbox `mb`'s rates admit another transaction of the same message (a split envelope).
-    async fn admit(&self, lane: usize, mb: usize, recipients: usize, shutdown: &CancellationToken) -> Result<(), TransportError> {
+    async fn admit(
+        &self,
+        lane: usize,
+        mb: usize,
+        recipients: usize,
+        shutdown: &CancellationToken,
+    ) -> Result<(), TransportError> {
         loop {
             let now = (self.clock.read().expect("clock lock"))();
-            let wait = match self.lanes[lane].mailboxes.lock().expect("mailbox lock")[mb].shaper.admit(now, recipients as u32) {
-                Ok(()) => return Ok(()),
-                Err(wait) => wait,
-            };
+            let wait =
+                match self.lanes[lane].mailboxes.lock().expect("mailbox lock")[mb].shaper.admit(now, recipients as u32)
+                {
+                    Ok(()) => return Ok(()),
+                    Err(wait) => wait,
+                };
             tokio::select! {
                 _ = shutdown.cancelled() => return Err(TransportError::Io("shutting down while waiting for the rate limit".into())),
                 _ = tokio::time::sleep(wait.min(SHAPER_POLL)) => {}
@@ -583,7 +588,13 @@ impl Inner {
     }
 
     /// One delivery attempt for one message, and everything that follows from it.
-    async fn attempt(&self, lane: usize, mut record: QueueRecord, slot: &mut Option<Slot>, shutdown: &CancellationToken) {
+    async fn attempt(
+        &self,
+        lane: usize,
+        mut record: QueueRecord,
+        slot: &mut Option<Slot>,
+        shutdown: &CancellationToken,
+    ) {
         let l = &self.lanes[lane];
         let started = Instant::now();
         let spool = self.spool.clone();
@@ -1093,5 +1104,106 @@ fn prepare_sender(
     match rewrite::fix_from(&body, sender) {
         Some(fixed) => (sender.to_owned(), fixed),
         None => (sender.to_owned(), body),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Shaping;
+
+    fn pool(addresses: &[&str]) -> Vec<MailboxState> {
+        let shaping = Shaping { messages_per_minute: 30, recipients_per_day: 10_000, max_recipients_per_message: 500 };
+        addresses
+            .iter()
+            .map(|a| MailboxState {
+                address: Some(a.to_string()),
+                shaper: Shaper::new(shaping),
+                paused_until: None,
+                connections: 0,
+            })
+            .collect()
+    }
+
+    const T0: Duration = Duration::from_secs(1_000_000);
+
+    #[test]
+    fn a_pool_shares_the_load_and_each_mailbox_keeps_its_rate() {
+        let mut boxes = pool(&["a@contoso.com", "b@contoso.com"]);
+        let (now, instant) = (SystemTime::UNIX_EPOCH + T0, Instant::now());
+        // Two workers: the first takes a, the second the less used b.
+        assert_eq!(choose(&mut boxes, None, None, 1, now, instant, 3), Choice::Go(0));
+        assert_eq!(choose(&mut boxes, None, None, 1, now, instant, 3), Choice::Go(1));
+        // Each keeps its mailbox while it has room.
+        let mut sent = [1, 1];
+        for _ in 0..29 {
+            for w in 0..2 {
+                match choose(&mut boxes, None, Some(w), 1, now, instant, 3) {
+                    Choice::Go(i) => sent[i] += 1,
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        assert_eq!(sent, [30, 30]);
+        // 60 in the minute: both full, the next waits (never a failure) for the oldest to leave the window.
+        assert_eq!(choose(&mut boxes, None, Some(0), 1, now, instant, 3), Choice::Wait(Duration::from_secs(60)));
+        let later = now + Duration::from_secs(60);
+        assert_eq!(choose(&mut boxes, None, Some(0), 1, later, instant, 3), Choice::Go(0));
+        assert_eq!(boxes[0].connections + boxes[1].connections, 2);
+    }
+
+    #[test]
+    fn a_full_mailbox_sends_its_worker_to_another_with_a_free_connection() {
+        let mut boxes = pool(&["a@contoso.com", "b@contoso.com"]);
+        let (now, instant) = (SystemTime::UNIX_EPOCH + T0, Instant::now());
+        for _ in 0..30 {
+            assert_eq!(choose(&mut boxes, Some("a@contoso.com"), Some(0), 1, now, instant, 3), Choice::Go(0));
+        }
+        boxes[0].connections = 1;
+        boxes[1].connections = 3;
+        // a is at its rate, b at its connection limit: wait.
+        assert!(matches!(choose(&mut boxes, None, Some(0), 1, now, instant, 3), Choice::Wait(_)));
+        boxes[1].connections = 2;
+        assert_eq!(choose(&mut boxes, None, Some(0), 1, now, instant, 3), Choice::Go(1));
+        assert_eq!(boxes[1].connections, 3, "the worker took a connection slot of b");
+    }
+
+    #[test]
+    fn a_pinned_mailbox_is_the_only_one_and_a_pause_is_per_mailbox() {
+        let mut boxes = pool(&["a@contoso.com", "b@contoso.com"]);
+        let (now, instant) = (SystemTime::UNIX_EPOCH + T0, Instant::now());
+        boxes[1].paused_until = Some(instant + Duration::from_secs(30));
+        assert_eq!(
+            choose(&mut boxes, Some("B@contoso.com"), None, 1, now, instant, 3),
+            Choice::Paused(Duration::from_secs(30))
+        );
+        // Unpinned mail goes through a.
+        assert_eq!(choose(&mut boxes, None, None, 1, now, instant, 3), Choice::Go(0));
+        assert_eq!(choose(&mut boxes, None, None, 1, now, instant, 3), Choice::Go(0), "b is paused");
+        // The pause ends on its own.
+        let after = instant + Duration::from_secs(31);
+        assert_eq!(choose(&mut boxes, Some("b@contoso.com"), None, 1, now, after, 3), Choice::Go(1));
+        // Both paused: the message waits in the queue for the first to come back.
+        boxes[0].paused_until = Some(instant + Duration::from_secs(5));
+        boxes[1].paused_until = Some(instant + Duration::from_secs(9));
+        assert_eq!(choose(&mut boxes, None, None, 1, now, instant, 3), Choice::Paused(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn no_mailbox_no_limits() {
+        let mut boxes = vec![MailboxState {
+            address: None,
+            shaper: Shaper::new(Shaping {
+                messages_per_minute: 0,
+                recipients_per_day: 0,
+                max_recipients_per_message: usize::MAX,
+            }),
+            paused_until: None,
+            connections: 0,
+        }];
+        let (now, instant) = (SystemTime::UNIX_EPOCH + T0, Instant::now());
+        for w in 0..50 {
+            assert_eq!(choose(&mut boxes, None, None, 1000, now, instant, usize::MAX), Choice::Go(0), "worker {w}");
+        }
     }
 }
