@@ -18,6 +18,9 @@ use m365::*;
 use sluice::upstream::Disposition;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
+/// (client address, AUTH user and password, sender, subject).
+type Case = (&'static str, Option<(&'static str, &'static str)>, &'static str, &'static str);
+
 const ALERTS: &str = "alerts@contoso.com";
 const ERP_PASSWORD: &str = "erp-pw-1";
 
@@ -115,7 +118,7 @@ async fn each_route_takes_its_upstream_and_mailbox() {
     })
     .await;
     let port = world.port;
-    let cases: [(&str, Option<(&str, &str)>, &str, &str); 6] = [
+    let cases: [Case; 6] = [
         ("127.0.0.1", None, "floor3@scan.contoso.com", "wildcard"),
         ("127.0.0.1", None, "printer@contoso.com", "address"),
         ("127.0.0.1", None, "backup@ops.contoso.com", "domain"),
