@@ -11,6 +11,7 @@
 //! - [`listener`]: accept loops and the SMTP session, one file per stage (EHLO, AUTH, MAIL, RCPT, DATA).
 //! - [`policy`]: who may relay (allowed networks, authenticated users) and password checks.
 //! - [`spool`]: files on disk; a message is acknowledged only once it is durable there.
+//! - [`routing`]: which upstream and mailbox a message goes through (sender, user, network).
 //! - [`scheduler`]: the in-memory queue over the spool, delivery workers, the pure retry schedule.
 //! - [`upstream`]: the SMTP client and the single outcome classifier.
 //! - [`dsn`]: bounces (RFC 3464). [`config`]: raw TOML → resolved runtime config. [`server`]: wiring.
@@ -25,6 +26,7 @@ pub mod dsn;
 pub mod listener;
 pub mod oauth;
 pub mod policy;
+pub mod routing;
 pub mod scheduler;
 pub mod sendmail;
 pub mod server;

@@ -235,7 +235,27 @@ fn check_config(path: &std::path::Path) -> ExitCode {
                     l.address, l.tls, auth, l.allowed_networks
                 );
             }
-            println!("  upstream: {} tls={:?}", config.upstream.display_name(), config.upstream.tls);
+            if config.upstreams.len() == 1 {
+                println!("  upstream: {} tls={:?}", config.upstream.display_name(), config.upstream.tls);
+            } else {
+                for u in &config.upstreams {
+                    println!(
+                        "  upstream {}: {} {} tls={:?} mailboxes={:?}",
+                        u.name,
+                        u.kind.name(),
+                        u.display_name(),
+                        u.tls,
+                        u.mailboxes
+                    );
+                }
+            }
+            if !config.routing.routes.is_empty() {
+                println!(
+                    "  routes:   {} (no match: upstream {})",
+                    config.routing.routes.len(),
+                    config.routing.fallback.upstream
+                );
+            }
             for warning in &config.warnings {
                 println!("  warning:  {warning}");
             }

@@ -51,7 +51,13 @@ pub async fn run_with(
     }
     info!(spool = %config.spool_dir.display(), messages = recovery.records.len(), "spool recovered");
 
-    let scheduler = Scheduler::new(spool.clone(), config.upstream.clone(), config.retry, config.hostname.clone());
+    let scheduler = Scheduler::with_routes(
+        spool.clone(),
+        config.upstreams.clone(),
+        config.routing.clone(),
+        config.retry,
+        config.hostname.clone(),
+    );
     for record in recovery.records {
         scheduler.enqueue(record);
     }

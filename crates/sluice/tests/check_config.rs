@@ -298,3 +298,40 @@ max_interval = "2s"
     c.quit();
     drop(guard);
 }
+
+/// `examples/m365-routes.toml` (upstreams, a pool, routes) passes check-config once its files exist.
+#[test]
+fn the_routes_example_is_accepted() {
+    let dir = tempdir();
+    let pki = Pki::new();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/m365-routes.toml");
+    let text = std::fs::read_to_string(example).unwrap();
+    write_file(dir.path(), "client-secret", b"app secret\n");
+    let text = text
+        .replace("/etc/sluice/relay.pem", &pki.cert_file.display().to_string())
+        .replace("/etc/sluice/relay.key", &pki.key_file.display().to_string())
+        .replace("/etc/sluice/", &format!("{}/", dir.path().display()))
+        .replace("/var/spool/sluice", &dir.path().join("spool").display().to_string());
+    let path = write_file(dir.path(), "sluice.toml", text.as_bytes());
+    let out = check_config(&path);
+    assert!(out.success(), "{out}");
+    assert!(out.stdout.contains("routes:   5 (no match: upstream smarthost)"), "{out}");
+    assert!(out.stdout.contains("upstream m365: m365-oauth"), "{out}");
+}
+
+/// Route mistakes are named with their key and line by check-config too.
+#[test]
+fn a_route_to_an_unknown_upstream_is_rejected_with_key_and_line() {
+    let dir = tempdir();
+    let text = format!(
+        "spool_dir = \"{}\"\n[[listener]]\naddress = \"127.0.0.1:{}\"\nallowed_networks = [\"127.0.0.0/8\"]\n\
+         [upstreams.sink]\nhost = \"127.0.0.1\"\ntls = \"none\"\n[[routes]]\nsenders = [\"a.example\"]\nupstream = \"snk\"\n",
+        dir.path().join("spool").display(),
+        free_port()
+    );
+    let path = write_file(dir.path(), "sluice.toml", text.as_bytes());
+    let out = check_config(&path);
+    assert!(!out.success(), "{out}");
+    assert!(out.stderr.contains("routes[0].upstream") && mentions_line(&out.stderr, 10), "{out}");
+    assert!(out.stderr.contains("\"snk\""), "{out}");
+}

@@ -20,6 +20,7 @@ pub use raw::{ClientCertificate, Credential, ListenerTls, SenderRewrite, Upstrea
 
 use crate::policy::abuse::AbuseLimits;
 use crate::policy::{CertificateRule, NetworkRule, Policy, Rules};
+use crate::routing::{Route, RouteChoice, Routing};
 
 use crate::scheduler::retry::RetryPolicy;
 
@@ -46,6 +47,13 @@ fn invalid(key: impl Into<String>, message: impl fmt::Display) -> ConfigError {
 /// so errors found after parsing can point at the file like syntax errors do. Best effort: `None` when the
 /// key is not written out (a missing key, or one set through an inline table).
 fn locate(text: &str, key: &str) -> Option<usize> {
+    // A table named in full (`upstreams.m365` for `[upstreams.m365]`).
+    if let Some(n) = text.lines().position(|l| {
+        let t = l.trim();
+        t.starts_with('[') && t.trim_start_matches('[').split(']').next().is_some_and(|h| h.trim() == key)
+    }) {
+        return Some(n + 1);
+    }
     let (table, field) = match key.rsplit_once('.') {
         Some((table, field)) => (Some(table), field),
         None if key.contains('[') || text.contains(&format!("[{key}]")) => (Some(key), ""),
@@ -115,7 +123,12 @@ pub struct Config {
     pub spool_dir: PathBuf,
     pub listeners: Vec<ListenerConfig>,
     pub users: Vec<UserConfig>,
+    /// The upstream that takes mail no route matched (the default route's): `[upstream]` in a simple setup.
     pub upstream: UpstreamConfig,
+    /// Every upstream, `[upstream]` (named "default") and `[upstreams.NAME]`.
+    pub upstreams: Vec<UpstreamConfig>,
+    /// `[[routes]]`: which upstream and mailbox each message goes through.
+    pub routing: Routing,
     pub retry: RetryPolicy,
     /// Identity rules: per network, certificate and user.
     pub policy: Policy,
@@ -203,8 +216,14 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
     pub idle_timeout: Duration,
-    /// The mailbox mail is sent as (Microsoft kinds that authenticate as a mailbox).
+    /// The upstream's name: the key of `[upstreams.NAME]`, or "default" for `[upstream]`.
+    pub name: String,
+    /// The mailbox mail is sent as (Microsoft kinds that authenticate as a mailbox): the first of the pool.
     pub mailbox: Option<String>,
+    /// The pool of mailboxes (one entry for `mailbox`; empty for kinds without a mailbox).
+    pub mailboxes: Vec<String>,
+    /// Connections one mailbox may have open at once (Exchange Online: 3).
+    pub max_connections_per_mailbox: usize,
     /// App-only tokens (`m365-oauth`, `m365-graph`).
     pub oauth: Option<OAuthConfig>,
     /// Graph sendMail (`m365-graph`).
@@ -248,8 +267,10 @@ impl fmt::Debug for OAuthCredential {
 
 #[derive(Clone, Debug)]
 pub struct GraphConfig {
-    /// `{graph_url}/v1.0/users/{mailbox}/sendMail`.
+    /// `{graph_url}/v1.0/users/{mailbox}/sendMail` for the first mailbox of the pool.
     pub send_mail_url: String,
+    /// `{graph_url}/v1.0/users`: each mailbox of a pool sends through `{users_url}/{mailbox}/sendMail`.
+    pub users_url: String,
     pub save_to_sent_items: bool,
 }
 
@@ -264,12 +285,13 @@ pub struct Shaping {
 impl fmt::Debug for UpstreamConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UpstreamConfig")
+            .field("name", &self.name)
             .field("kind", &self.kind)
             .field("host", &self.host)
             .field("port", &self.port)
             .field("tls", &self.tls)
             .field("username", &self.credentials.as_ref().map(|(user, _)| user))
-            .field("mailbox", &self.mailbox)
+            .field("mailboxes", &self.mailboxes)
             .field("oauth", &self.oauth)
             .finish_non_exhaustive()
     }
@@ -509,7 +531,30 @@ fn resolve(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         auth_ban_time: raw.limits.auth_ban_time,
     };
 
-    let upstream = resolve_upstream(raw.upstream, base, &hostname, &mut warnings)?;
+    let mut upstreams: Vec<UpstreamConfig> = Vec::new();
+    let single = raw.upstream.is_some();
+    if let Some(u) = raw.upstream {
+        upstreams.push(resolve_upstream(DEFAULT_UPSTREAM, "upstream", u, base, &hostname, &mut warnings)?);
+    }
+    for (name, u) in raw.upstreams {
+        let key = format!("upstreams.{name}");
+        if name.is_empty() || name.contains(|c: char| c == '.' || c.is_whitespace() || c.is_control()) {
+            return Err(invalid(key, format!("{name:?} is not a usable upstream name")));
+        }
+        if single && name == DEFAULT_UPSTREAM {
+            return Err(invalid(key, "duplicate upstream name \"default\": [upstream] already is the default"));
+        }
+        upstreams.push(resolve_upstream(&name, &key, u, base, &hostname, &mut warnings)?);
+    }
+    if upstreams.is_empty() {
+        return Err(invalid("upstream", "required: an [upstream], or one or more [upstreams.NAME]"));
+    }
+    let routing = resolve_routes(raw.routes, &upstreams, &mut warnings)?;
+    let upstream = upstreams
+        .iter()
+        .find(|u| u.name == routing.fallback.upstream)
+        .cloned()
+        .expect("the fallback names a known upstream");
 
     let retry = RetryPolicy {
         initial_interval: raw.retry.initial_interval,
@@ -522,7 +567,113 @@ fn resolve(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
 
     let admin = resolve_admin(raw.admin, base)?;
     let spool_dir = base.join(raw.spool_dir);
-    Ok(Config { hostname, spool_dir, listeners, users, upstream, retry, policy, abuse, admin, warnings })
+    Ok(Config {
+        hostname,
+        spool_dir,
+        listeners,
+        users,
+        upstream,
+        upstreams,
+        routing,
+        retry,
+        policy,
+        abuse,
+        admin,
+        warnings,
+    })
+}
+
+/// The name `[upstream]` goes by, and the upstream that takes what no route matched.
+pub const DEFAULT_UPSTREAM: &str = "default";
+
+/// Compiles `[[routes]]`, checking every name against the upstreams and their pools.
+fn resolve_routes(
+    raw: Vec<raw::RawRoute>,
+    upstreams: &[UpstreamConfig],
+    warnings: &mut Vec<String>,
+) -> Result<Routing, ConfigError> {
+    let names = || upstreams.iter().map(|u| format!("{:?}", u.name)).collect::<Vec<_>>().join(", ");
+    // Where unrouted mail goes (and routes that name no upstream): "default", or the only upstream.
+    let implicit = upstreams
+        .iter()
+        .find(|u| u.name == DEFAULT_UPSTREAM)
+        .or_else(|| (upstreams.len() == 1).then(|| &upstreams[0]))
+        .map(|u| u.name.clone());
+    let mut routes: Vec<Route> = Vec::new();
+    for (i, r) in raw.into_iter().enumerate() {
+        let key = format!("routes[{i}]");
+        let name = match (&r.upstream, &implicit) {
+            (Some(name), _) => name.clone(),
+            (None, Some(name)) => name.clone(),
+            (None, None) => {
+                return Err(invalid(
+                    format!("{key}.upstream"),
+                    format!("required: there are several upstreams ({}) and none is named \"default\"", names()),
+                ));
+            }
+        };
+        let Some(upstream) = upstreams.iter().find(|u| u.name == name) else {
+            return Err(invalid(
+                format!("{key}.upstream"),
+                format!("no upstream named {name:?} (there are {})", names()),
+            ));
+        };
+        let mailbox = match &r.mailbox {
+            None => None,
+            Some(m) => match upstream.mailboxes.iter().find(|x| x.eq_ignore_ascii_case(m)) {
+                Some(found) => Some(found.clone()),
+                None if upstream.mailboxes.is_empty() => {
+                    return Err(invalid(
+                        format!("{key}.mailbox"),
+                        format!("upstream {name:?} (kind = \"{}\") sends as no mailbox", upstream.kind.name()),
+                    ));
+                }
+                None => {
+                    return Err(invalid(
+                        format!("{key}.mailbox"),
+                        format!("{m:?} is not in the pool of upstream {name:?} ({})", upstream.mailboxes.join(", ")),
+                    ));
+                }
+            },
+        };
+        if r.sender_rewrite == Some(SenderRewrite::Mailbox)
+            && !matches!(upstream.kind, UpstreamKind::M365Oauth | UpstreamKind::M365Basic | UpstreamKind::M365Graph)
+        {
+            return Err(invalid(
+                format!("{key}.sender_rewrite"),
+                format!("upstream {name:?} (kind = \"{}\") sends as no mailbox to rewrite to", upstream.kind.name()),
+            ));
+        }
+        let senders = Rules::new(&r.senders, &[]).map_err(|e| invalid(format!("{key}.senders"), e))?;
+        let networks = r
+            .networks
+            .iter()
+            .map(|n| parse_network(n).map_err(|e| invalid(format!("{key}.networks"), e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        if routes.iter().any(Route::is_default) {
+            warnings.push(format!("{key}: comes after a route without conditions, so it never matches"));
+        }
+        routes.push(Route {
+            senders,
+            users: r.users,
+            networks,
+            choice: RouteChoice { upstream: name, mailbox, sender_rewrite: r.sender_rewrite },
+        });
+    }
+    let fallback = match (routes.iter().find(|r| r.is_default()), implicit) {
+        (Some(route), _) => route.choice.clone(),
+        (None, Some(name)) => RouteChoice::to(&name),
+        (None, None) => {
+            return Err(invalid(
+                "routes",
+                format!(
+                    "no default: add a [[routes]] without conditions, or name one of the upstreams ({}) \"default\"",
+                    names()
+                ),
+            ));
+        }
+    };
+    Ok(Routing { routes, fallback })
 }
 
 /// The environment variable that may hold the admin token instead of `admin.token_file`.
@@ -587,6 +738,8 @@ const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
 const GRAPH_URL: &str = "https://graph.microsoft.com";
 
 fn resolve_upstream(
+    name: &str,
+    p: &str,
     u: raw::RawUpstream,
     base: &Path,
     hostname: &str,
@@ -596,24 +749,47 @@ fn resolve_upstream(
     let kind = u.kind;
     let kind_name = kind.name();
     let not_for = |key: &str, set: bool| -> Result<(), ConfigError> {
-        if set {
-            Err(invalid(format!("upstream.{key}"), format!("not used by kind = \"{kind_name}\"")))
-        } else {
-            Ok(())
-        }
+        if set { Err(invalid(format!("{p}.{key}"), format!("not used by kind = \"{kind_name}\""))) } else { Ok(()) }
     };
     let password = read_secret(
         u.password_file.as_ref(),
         u.password_env.as_ref(),
         base,
-        "upstream.password_file",
-        "upstream.password_env",
+        &format!("{p}.password_file"),
+        &format!("{p}.password_env"),
     )?;
     // m365-basic signs in as its mailbox; `username` is accepted there as another name for it.
     let mailbox = match kind {
         K::M365Basic => u.mailbox.clone().or_else(|| u.username.clone()),
-        _ => u.mailbox.clone(),
+        _ => u.mailbox.clone().or_else(|| u.mailboxes.first().cloned()),
     };
+    // A pool: `mailboxes`, or the one `mailbox`.
+    if u.mailbox.is_some() && !u.mailboxes.is_empty() {
+        return Err(invalid(format!("{p}.mailboxes"), "set mailbox or mailboxes, not both"));
+    }
+    let mut mailboxes: Vec<String> = Vec::new();
+    for m in &u.mailboxes {
+        if !m.contains('@') {
+            return Err(invalid(format!("{p}.mailboxes"), format!("{m:?} is not a mailbox address")));
+        }
+        if mailboxes.iter().any(|o| o.eq_ignore_ascii_case(m)) {
+            return Err(invalid(format!("{p}.mailboxes"), format!("duplicate mailbox {m:?}")));
+        }
+        mailboxes.push(m.clone());
+    }
+    if !u.mailboxes.is_empty() && !matches!(kind, K::M365Oauth | K::M365Graph) {
+        return Err(invalid(
+            format!("{p}.mailboxes"),
+            format!(
+                "a pool of mailboxes needs app-only tokens (kind = \"m365-oauth\" or \"m365-graph\"), not kind = \"{kind_name}\""
+            ),
+        ));
+    }
+    if mailboxes.is_empty()
+        && let Some(m) = &mailbox
+    {
+        mailboxes.push(m.clone());
+    }
     let oauth_keys_set = u.client_id.is_some()
         || u.tenant.is_some()
         || u.client_secret_file.is_some()
@@ -626,7 +802,7 @@ fn resolve_upstream(
         K::Smtp | K::M365Connector => {
             let host = u.host.clone().ok_or_else(|| {
                 invalid(
-                    "upstream.host",
+                    format!("{p}.host"),
                     if kind == K::Smtp {
                         "required".to_owned()
                     } else {
@@ -649,14 +825,14 @@ fn resolve_upstream(
         K::Smtp => match (u.username.clone(), password) {
             (Some(user), Some(pass)) => Some((user, pass)),
             (None, None) => None,
-            (Some(_), None) => return Err(invalid("upstream.username", "needs password_file or password_env")),
-            (None, Some(_)) => return Err(invalid("upstream.username", "a password is set but no username")),
+            (Some(_), None) => return Err(invalid(format!("{p}.username"), "needs password_file or password_env")),
+            (None, Some(_)) => return Err(invalid(format!("{p}.username"), "a password is set but no username")),
         },
         K::M365Basic => {
             let user = mailbox.clone().or_else(|| u.username.clone()).ok_or_else(|| {
-                invalid("upstream.mailbox", "required: the mailbox whose password sluice signs in with")
+                invalid(format!("{p}.mailbox"), "required: the mailbox whose password sluice signs in with")
             })?;
-            let pass = password.ok_or_else(|| invalid("upstream.password_file", "required (or password_env)"))?;
+            let pass = password.ok_or_else(|| invalid(format!("{p}.password_file"), "required (or password_env)"))?;
             warnings.push(BASIC_AUTH_RETIREMENT.to_owned());
             Some((user, pass))
         }
@@ -683,54 +859,55 @@ fn resolve_upstream(
     }
     if credentials.is_some() && u.tls == UpstreamTls::None {
         return Err(invalid(
-            "upstream.tls",
+            format!("{p}.tls"),
             "AUTH would send the password unencrypted: use tls = \"starttls\" or \"implicit\"",
         ));
     }
     if kind == K::M365Oauth && u.tls == UpstreamTls::None {
-        return Err(invalid("upstream.tls", "XOAUTH2 would send the token unencrypted: use tls = \"starttls\""));
+        return Err(invalid(format!("{p}.tls"), "XOAUTH2 would send the token unencrypted: use tls = \"starttls\""));
     }
     if u.tls == UpstreamTls::None && kind != K::M365Graph {
         warnings.push(format!("upstream {host}:{port}: tls = \"none\": mail leaves sluice unencrypted"));
     }
     if u.connections == 0 || u.max_messages_per_connection == 0 {
-        return Err(invalid("upstream", "connections and max_messages_per_connection must be > 0"));
+        return Err(invalid(p, "connections and max_messages_per_connection must be > 0"));
     }
 
-    let roots = root_store(u.ca_file.as_ref().map(|f| base.join(f)).as_deref())?;
-    let https_tls = Arc::new(client_tls_with(roots.clone(), None)?);
+    let roots = root_store(u.ca_file.as_ref().map(|f| base.join(f)).as_deref(), p)?;
+    let https_tls = Arc::new(client_tls_with(roots.clone(), None, p)?);
 
     let oauth = if matches!(kind, K::M365Oauth | K::M365Graph) {
         let mailbox_ok = mailbox.as_deref().is_some_and(|m| m.contains('@'));
         if !mailbox_ok {
-            return Err(invalid("upstream.mailbox", "required: the mailbox address sluice sends as"));
+            return Err(invalid(format!("{p}.mailbox"), "required: the mailbox address sluice sends as"));
         }
-        let client_id = u.client_id.clone().ok_or_else(|| invalid("upstream.client_id", "required"))?;
+        let client_id = u.client_id.clone().ok_or_else(|| invalid(format!("{p}.client_id"), "required"))?;
         let token_url = match (&u.token_url, &u.tenant) {
             (Some(url), _) => url.clone(),
             (None, Some(tenant)) => format!("https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token"),
-            (None, None) => return Err(invalid("upstream.tenant", "required (or token_url)")),
+            (None, None) => return Err(invalid(format!("{p}.tenant"), "required (or token_url)")),
         };
         if !token_url.starts_with("https://") {
-            return Err(invalid("upstream.token_url", "must be an https:// URL (the request carries the secret)"));
+            return Err(invalid(format!("{p}.token_url"), "must be an https:// URL (the request carries the secret)"));
         }
         let secret = read_secret(
             u.client_secret_file.as_ref(),
             u.client_secret_env.as_ref(),
             base,
-            "upstream.client_secret_file",
-            "upstream.client_secret_env",
+            &format!("{p}.client_secret_file"),
+            &format!("{p}.client_secret_env"),
         )?;
         let credential = match (secret, &u.client_certificate_file, &u.client_key_file) {
             (Some(_), Some(_), _) => {
                 return Err(invalid(
-                    "upstream.client_certificate_file",
+                    format!("{p}.client_certificate_file"),
                     "set a client secret or a certificate, not both",
                 ));
             }
             (Some(secret), None, _) => OAuthCredential::Secret(secret),
             (None, Some(cert), Some(key)) => {
-                let cert_key = "upstream.client_certificate_file";
+                let cert_key = format!("{p}.client_certificate_file");
+                let cert_key = cert_key.as_str();
                 let cert_path = base.join(cert);
                 let cert_der = CertificateDer::pem_file_iter(&cert_path)
                     .and_then(|mut it| it.next().transpose())
@@ -739,25 +916,25 @@ fn resolve_upstream(
                 let key_path = base.join(key);
                 let key_der = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_file(&key_path).map_err(|e| {
                     invalid(
-                        "upstream.client_key_file",
+                        format!("{p}.client_key_file"),
                         format!("{}: {e} (a PKCS#8 RSA key is needed)", key_path.display()),
                     )
                 })?;
                 let key_pkcs8 = key_der.secret_pkcs8_der().to_vec();
                 if ring::signature::RsaKeyPair::from_pkcs8(&key_pkcs8).is_err() {
                     return Err(invalid(
-                        "upstream.client_key_file",
+                        format!("{p}.client_key_file"),
                         "not an RSA key (Entra ID takes RSA certificates)",
                     ));
                 }
                 OAuthCredential::Certificate { cert_der: cert_der.to_vec(), key_pkcs8: Arc::new(key_pkcs8) }
             }
             (None, Some(_), None) => {
-                return Err(invalid("upstream.client_key_file", "required with client_certificate_file"));
+                return Err(invalid(format!("{p}.client_key_file"), "required with client_certificate_file"));
             }
             (None, None, _) => {
                 return Err(invalid(
-                    "upstream.client_secret_file",
+                    format!("{p}.client_secret_file"),
                     "required (or client_secret_env, or client_certificate_file + client_key_file)",
                 ));
             }
@@ -775,20 +952,21 @@ fn resolve_upstream(
     let graph = if kind == K::M365Graph {
         let base_url = u.graph_url.clone().unwrap_or_else(|| GRAPH_URL.to_owned());
         if !base_url.starts_with("https://") {
-            return Err(invalid("upstream.graph_url", "must be an https:// URL"));
+            return Err(invalid(format!("{p}.graph_url"), "must be an https:// URL"));
         }
         let user = mailbox.clone().unwrap_or_default();
+        let users_url = format!("{}/v1.0/users", base_url.trim_end_matches('/'));
         if !u.save_to_sent_items {
             // Graph's MIME form of sendMail takes no parameters besides the message: Exchange saves the
             // copy. Say so rather than pretend.
-            warnings.push(
-                "upstream.save_to_sent_items = false: Graph's MIME sendMail has no saveToSentItems parameter; \
+            warnings.push(format!(
+                "{p}.save_to_sent_items = false: Graph's MIME sendMail has no saveToSentItems parameter; \
                  Exchange Online keeps a copy in Sent Items anyway"
-                    .to_owned(),
-            );
+            ));
         }
         Some(GraphConfig {
-            send_mail_url: format!("{}/v1.0/users/{user}/sendMail", base_url.trim_end_matches('/')),
+            send_mail_url: format!("{users_url}/{user}/sendMail"),
+            users_url,
             save_to_sent_items: u.save_to_sent_items,
         })
     } else {
@@ -800,44 +978,47 @@ fn resolve_upstream(
             let cert_path = base.join(cert);
             let chain = CertificateDer::pem_file_iter(&cert_path)
                 .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| invalid("upstream.tls_client_cert_file", format!("{}: {e}", cert_path.display())))?;
+                .map_err(|e| invalid(format!("{p}.tls_client_cert_file"), format!("{}: {e}", cert_path.display())))?;
             if chain.is_empty() {
                 return Err(invalid(
-                    "upstream.tls_client_cert_file",
+                    format!("{p}.tls_client_cert_file"),
                     format!("{}: no certificate", cert_path.display()),
                 ));
             }
             if chain.len() == 1 {
-                warnings.push(
-                    "upstream.tls_client_cert_file holds one certificate: Exchange Online needs the full chain \
+                warnings.push(format!(
+                    "{p}.tls_client_cert_file holds one certificate: Exchange Online needs the full chain \
                      (leaf then intermediates), else 550 5.7.64 TenantAttribution"
-                        .to_owned(),
-                );
+                ));
             }
             let key_path = base.join(key);
             let key_der = PrivateKeyDer::from_pem_file(&key_path)
-                .map_err(|e| invalid("upstream.tls_client_key_file", format!("{}: {e}", key_path.display())))?;
+                .map_err(|e| invalid(format!("{p}.tls_client_key_file"), format!("{}: {e}", key_path.display())))?;
             Some((chain, key_der))
         }
         (None, None) => None,
         _ => {
             return Err(invalid(
-                "upstream.tls_client_cert_file",
+                format!("{p}.tls_client_cert_file"),
                 "set both tls_client_cert_file and tls_client_key_file",
             ));
         }
     };
-    let tls_config = Arc::new(client_tls_with(roots, client_cert)?);
+    let tls_config = Arc::new(client_tls_with(roots, client_cert, p)?);
 
     let (server_name, display_host) = if kind == K::M365Graph {
         let url = &graph.as_ref().expect("graph kind").send_mail_url;
         let host = url.trim_start_matches("https://").split(['/', ':']).next().unwrap_or("").to_owned();
-        (ServerName::try_from(host.clone()).map_err(|e| invalid("upstream.graph_url", format!("{host:?}: {e}")))?, host)
+        (
+            ServerName::try_from(host.clone())
+                .map_err(|e| invalid(format!("{p}.graph_url"), format!("{host:?}: {e}")))?,
+            host,
+        )
     } else {
         let name = u.tls_server_name.clone().unwrap_or_else(|| host.clone());
         (
             ServerName::try_from(name.clone())
-                .map_err(|e| invalid("upstream.tls_server_name", format!("{name:?}: {e}")))?,
+                .map_err(|e| invalid(format!("{p}.tls_server_name"), format!("{name:?}: {e}")))?,
             host,
         )
     };
@@ -846,20 +1027,20 @@ fn resolve_upstream(
     let m365_mailbox = matches!(kind, K::M365Oauth | K::M365Basic | K::M365Graph);
     let max_connections = u.max_connections_per_mailbox.unwrap_or(if m365_mailbox { 3 } else { usize::MAX });
     if max_connections == 0 {
-        return Err(invalid("upstream.max_connections_per_mailbox", "must be > 0"));
+        return Err(invalid(format!("{p}.max_connections_per_mailbox"), "must be > 0"));
     }
     let shaping = Shaping {
         messages_per_minute: u.messages_per_minute.unwrap_or(if m365_mailbox { 30 } else { 0 }),
         recipients_per_day: u.recipients_per_day.unwrap_or(if m365_mailbox { 10_000 } else { 0 }),
         max_recipients_per_message: match u.max_recipients_per_message {
-            Some(0) => return Err(invalid("upstream.max_recipients_per_message", "must be > 0")),
+            Some(0) => return Err(invalid(format!("{p}.max_recipients_per_message"), "must be > 0")),
             Some(n) => n,
             None if kind.is_m365() => 500,
             None => usize::MAX,
         },
     };
     if u.hold_recheck.is_zero() {
-        return Err(invalid("upstream.hold_recheck", "must be > 0"));
+        return Err(invalid(format!("{p}.hold_recheck"), "must be > 0"));
     }
 
     Ok(UpstreamConfig {
@@ -871,12 +1052,16 @@ fn resolve_upstream(
         server_name,
         credentials,
         helo_name: u.helo_name.unwrap_or_else(|| hostname.to_owned()),
-        connections: u.connections.min(max_connections),
+        // Each mailbox of the pool takes at most max_connections_per_mailbox.
+        connections: u.connections.min(max_connections.saturating_mul(mailboxes.len().max(1))),
+        max_connections_per_mailbox: max_connections,
         max_messages_per_connection: u.max_messages_per_connection,
         connect_timeout: u.connect_timeout,
         command_timeout: u.command_timeout,
         idle_timeout: u.idle_timeout,
         mailbox,
+        mailboxes,
+        name: name.to_owned(),
         oauth,
         graph,
         https_tls,
@@ -965,7 +1150,7 @@ fn legacy_tls_acceptor(cert: &Path, key: &Path, config_key: &str) -> Result<open
     Ok(builder.build())
 }
 
-fn root_store(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, ConfigError> {
+fn root_store(ca_file: Option<&Path>, p: &str) -> Result<rustls::RootCertStore, ConfigError> {
     let mut roots = rustls::RootCertStore::empty();
     // The system store may be missing or partly unreadable on minimal hosts; a CA file can stand in.
     let native = rustls_native_certs::load_native_certs();
@@ -975,12 +1160,12 @@ fn root_store(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, ConfigErr
     if let Some(path) = ca_file {
         let certs = CertificateDer::pem_file_iter(path)
             .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| invalid("upstream.ca_file", format!("{}: {e}", path.display())))?;
+            .map_err(|e| invalid(format!("{p}.ca_file"), format!("{}: {e}", path.display())))?;
         if certs.is_empty() {
-            return Err(invalid("upstream.ca_file", format!("{}: no certificate", path.display())));
+            return Err(invalid(format!("{p}.ca_file"), format!("{}: no certificate", path.display())));
         }
         for cert in certs {
-            roots.add(cert).map_err(|e| invalid("upstream.ca_file", format!("{}: {e}", path.display())))?;
+            roots.add(cert).map_err(|e| invalid(format!("{p}.ca_file"), format!("{}: {e}", path.display())))?;
         }
     }
     Ok(roots)
@@ -991,15 +1176,16 @@ type ClientCert = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
 fn client_tls_with(
     roots: rustls::RootCertStore,
     client_cert: Option<ClientCert>,
+    p: &str,
 ) -> Result<rustls::ClientConfig, ConfigError> {
     let builder = rustls::ClientConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| invalid("upstream.tls", e))?
+        .map_err(|e| invalid(format!("{p}.tls"), e))?
         .with_root_certificates(roots);
     match client_cert {
         None => Ok(builder.with_no_client_auth()),
         Some((chain, key)) => {
-            builder.with_client_auth_cert(chain, key).map_err(|e| invalid("upstream.tls_client_key_file", e))
+            builder.with_client_auth_cert(chain, key).map_err(|e| invalid(format!("{p}.tls_client_key_file"), e))
         }
     }
 }
@@ -1133,6 +1319,84 @@ mod tests {
         assert!(err("kind = \"m365-connector\"").contains("upstream.host"));
         assert!(err("kind = \"smtp\"\nhost = \"x\"\nclient_id = \"y\"").contains("upstream.client_id"));
         assert!(err("kind = \"m365-oauth\"\nmailbox = \"a@b.c\"\ntoken_url = \"http://x\"\nclient_id = \"x\"\nclient_secret_env = \"PATH\"").contains("upstream.token_url"));
+    }
+
+    /// Two upstreams, a pool and routes; `routes` is appended.
+    fn routed(routes: &str) -> Result<Config, ConfigError> {
+        let text = format!(
+            "spool_dir = \"spool\"\n[[listener]]\naddress = \"127.0.0.1:2525\"\n\
+             [upstreams.m365]\nkind = \"m365-oauth\"\nmailboxes = [\"scanner@contoso.com\", \"alerts@contoso.com\"]\n\
+             tenant = \"contoso.com\"\nclient_id = \"app\"\nclient_secret_env = \"PATH\"\n\
+             [upstreams.smarthost]\nhost = \"127.0.0.1\"\nport = 2526\ntls = \"none\"\n{routes}"
+        );
+        parse(&text, Path::new("."))
+    }
+
+    #[test]
+    fn routes_upstreams_and_pools_resolve() {
+        let config = routed(
+            "[[routes]]\nsenders = [\"*@scan.contoso.com\", \"contoso.com\"]\nusers = [\"erp\"]\n\
+             networks = [\"10.1.0.0/16\"]\nupstream = \"m365\"\nmailbox = \"Alerts@contoso.com\"\n\
+             sender_rewrite = \"rewrite\"\n[[routes]]\nupstream = \"smarthost\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.upstreams.len(), 2);
+        let m365 = config.upstreams.iter().find(|u| u.name == "m365").unwrap();
+        assert_eq!(m365.mailboxes, ["scanner@contoso.com", "alerts@contoso.com"]);
+        assert_eq!(m365.mailbox.as_deref(), Some("scanner@contoso.com"));
+        assert_eq!(m365.connections, 4, "2 mailboxes x 3 connections allow the default 4");
+        assert_eq!(m365.max_connections_per_mailbox, 3);
+        let first = &config.routing.routes[0].choice;
+        assert_eq!(first.mailbox.as_deref(), Some("alerts@contoso.com"), "the pool's spelling");
+        assert_eq!(first.sender_rewrite, Some(SenderRewrite::Mailbox));
+        assert_eq!(config.routing.fallback.upstream, "smarthost", "the route without conditions");
+        assert_eq!(config.upstream.name, "smarthost");
+        // A single [upstream] is "default" and takes everything.
+        let single = parse(&minimal(""), Path::new(".")).unwrap();
+        assert_eq!(single.upstream.name, DEFAULT_UPSTREAM);
+        assert_eq!(single.routing.fallback.upstream, DEFAULT_UPSTREAM);
+    }
+
+    #[test]
+    fn route_mistakes_name_their_key_and_line() {
+        let err = |routes: &str| routed(routes).unwrap_err().to_string();
+        let e =
+            err("[[routes]]\nupstream = \"smarthost\"\n[[routes]]\nsenders = [\"a.com\"]\nupstream = \"nowhere\"\n");
+        assert!(e.contains("routes[1].upstream (line 18)") && e.contains("nowhere"), "{e}");
+        let e = err("[[routes]]\nupstream = \"m365\"\nmailbox = \"printer@contoso.com\"\n");
+        assert!(e.contains("routes[0].mailbox (line 16)") && e.contains("not in the pool"), "{e}");
+        let e = err("[[routes]]\nupstream = \"smarthost\"\nmailbox = \"a@contoso.com\"\n");
+        assert!(e.contains("routes[0].mailbox") && e.contains("sends as no mailbox"), "{e}");
+        let e = err("[[routes]]\nupstream = \"smarthost\"\nsender_rewrite = \"rewrite\"\n");
+        assert!(e.contains("routes[0].sender_rewrite"), "{e}");
+        let e = err("[[routes]]\nsenders = [\"a b\"]\nupstream = \"m365\"\n");
+        assert!(e.contains("routes[0].senders"), "{e}");
+        let e = err("[[routes]]\nnetworks = [\"10.0.0.0/33\"]\nupstream = \"m365\"\n");
+        assert!(e.contains("routes[0].networks"), "{e}");
+        // Several upstreams, none "default", no route without conditions: where would the rest go?
+        let e = err("[[routes]]\nsenders = [\"contoso.com\"]\nupstream = \"m365\"\n");
+        assert!(e.contains("routes") && e.contains("no default"), "{e}");
+        let e = err("[[routes]]\nsenders = [\"contoso.com\"]\n");
+        assert!(e.contains("routes[0].upstream") && e.contains("none is named"), "{e}");
+        // [upstream] is "default": an [upstreams.default] beside it is a duplicate.
+        let e = parse(&minimal("[upstreams.default]\nhost = \"x\"\n"), Path::new(".")).unwrap_err().to_string();
+        assert!(e.contains("upstreams.default (line 10)") && e.contains("duplicate"), "{e}");
+        let e = routed("").unwrap_err().to_string();
+        assert!(e.contains("no default"), "{e}");
+    }
+
+    #[test]
+    fn pool_mistakes_name_their_key() {
+        let err = |u: &str| m365(u).unwrap_err().to_string();
+        let oauth = "kind = \"m365-oauth\"\ntenant = \"t\"\nclient_id = \"x\"\nclient_secret_env = \"PATH\"\n";
+        let e = err(&format!("{oauth}mailboxes = [\"a@b.c\", \"A@b.c\"]"));
+        assert!(e.contains("upstream.mailboxes") && e.contains("duplicate"), "{e}");
+        let e = err(&format!("{oauth}mailbox = \"a@b.c\"\nmailboxes = [\"d@b.c\"]"));
+        assert!(e.contains("upstream.mailboxes") && e.contains("not both"), "{e}");
+        let e = err("kind = \"m365-basic\"\nmailboxes = [\"a@b.c\", \"d@b.c\"]\npassword_env = \"PATH\"");
+        assert!(e.contains("upstream.mailboxes") && e.contains("m365-basic"), "{e}");
+        let e = err(&format!("{oauth}mailboxes = [\"not-an-address\"]"));
+        assert!(e.contains("upstream.mailboxes"), "{e}");
     }
 
     #[test]

@@ -27,7 +27,14 @@ pub struct RawConfig {
     pub certificates: Vec<RawCertificate>,
     #[serde(default)]
     pub limits: RawLimits,
-    pub upstream: RawUpstream,
+    /// The single upstream of a simple setup; named "default" when `[upstreams.*]` are used too.
+    pub upstream: Option<RawUpstream>,
+    /// Named upstreams (`[upstreams.m365]`), same keys as `[upstream]`.
+    #[serde(default)]
+    pub upstreams: std::collections::BTreeMap<String, RawUpstream>,
+    /// Which upstream and mailbox each message goes through (first match wins).
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
     #[serde(default)]
     pub retry: RawRetry,
     #[serde(default)]
@@ -70,6 +77,29 @@ impl Default for RawAdmin {
 
 fn default_admin_listen() -> String {
     "127.0.0.1:0".into()
+}
+
+/// One `[[routes]]` entry. Conditions AND together, the values of one condition OR; a route without
+/// conditions matches everything (the default route).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// Envelope senders: "user@example.com", "example.com" (the domain), "*@scan.example.com",
+    /// "*.example.com" (subdomains), "scan*@example.com", "<>".
+    #[serde(default)]
+    pub senders: Vec<String>,
+    /// Authenticated (SMTP AUTH) user names.
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// Client networks (CIDR or single addresses).
+    #[serde(default)]
+    pub networks: Vec<String>,
+    /// The upstream's name. Default: the default upstream.
+    pub upstream: Option<String>,
+    /// Pin one mailbox of the upstream's pool. Default: the least used mailbox with room.
+    pub mailbox: Option<String>,
+    /// "keep" or "rewrite" (alias "mailbox"). Default: the upstream's `sender_rewrite`.
+    pub sender_rewrite: Option<SenderRewrite>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -327,11 +357,13 @@ impl UpstreamKind {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum SenderRewrite {
     #[default]
     Keep,
+    /// Rewrite envelope sender and From to the mailbox (`"rewrite"` is accepted as another name).
+    #[serde(alias = "rewrite")]
     Mailbox,
 }
 
@@ -374,6 +406,10 @@ pub struct RawUpstream {
     /// The mailbox sluice sends as (`m365-oauth`, `m365-basic`, `m365-graph`): the XOAUTH2 user, the
     /// basic-auth user name, the Graph user.
     pub mailbox: Option<String>,
+    /// A pool of mailboxes (`m365-oauth`, `m365-graph`), each with its own rates, connection limit and
+    /// pause; instead of `mailbox`.
+    #[serde(default)]
+    pub mailboxes: Vec<String>,
     /// Tenant id (GUID) or a verified domain; builds the default `token_url`.
     pub tenant: Option<String>,
     /// Application (client) id of the app registration.

@@ -165,6 +165,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 self.state.peer.ip(),
                 self.state.auth_user.as_ref().map(|u| format!(" user={u}")).unwrap_or_default()
             ),
+            // The route is chosen now, from what the session knows, and kept with the message.
+            route: Some(self.state.ctx.shared.scheduler.choose_route(&crate::routing::RouteRequest {
+                sender: tx.sender.as_ref().map(ToString::to_string).unwrap_or_default().as_str(),
+                auth_user: self.state.auth_user.as_deref(),
+                client: self.state.peer.ip(),
+            })),
         };
 
         let spool = self.state.ctx.shared.spool.clone();

@@ -52,6 +52,14 @@ impl Shaper {
     }
 }
 
+impl Shaper {
+    /// Transactions admitted in the minute before `now`: how busy the mailbox is, to pick the least used
+    /// of a pool.
+    pub fn recent(&self, now: SystemTime) -> usize {
+        self.sent.iter().filter(|(t, _)| age(now, *t) < MINUTE).count()
+    }
+}
+
 /// `now - then`, zero if the clock went back.
 fn age(now: SystemTime, then: SystemTime) -> Duration {
     now.duration_since(then).unwrap_or(Duration::ZERO)

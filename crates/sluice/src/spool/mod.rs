@@ -365,6 +365,7 @@ mod tests {
             eight_bit: false,
             smtputf8: false,
             client: "test".into(),
+            route: None,
         }
     }
 

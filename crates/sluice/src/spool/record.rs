@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::routing::RouteChoice;
+
 /// Bumped when the record layout changes incompatibly; recovery quarantines records it cannot read.
 pub const RECORD_VERSION: u32 = 1;
 
@@ -28,6 +30,10 @@ pub struct QueueRecord {
     pub smtputf8: bool,
     /// Who handed us the message, for DSNs and logs.
     pub client: String,
+    /// The route chosen at acceptance: upstream, pinned mailbox, sender rewrite. Absent in records
+    /// written before routes existed (and in bounces of those): the default route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<RouteChoice>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -59,5 +65,31 @@ impl QueueRecord {
 
     pub fn is_bounce(&self) -> bool {
         self.sender.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record written before routes existed (no "route" key) still loads, on the default route.
+    #[test]
+    fn records_without_a_route_still_load() {
+        let old = r#"{"version":1,"id":"q1","sender":"a@b.c","recipients":[{"address":"d@e.f","status":"pending",
+            "last_reply":null}],"received_at_ms":1,"attempts":0,"next_attempt_ms":1,"last_reply":null,"size":10,
+            "eight_bit":false,"smtputf8":false,"client":"x"}"#;
+        let record: QueueRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(record.route, None);
+        let written = serde_json::to_string(&record).unwrap();
+        assert!(!written.contains("route"), "no route, no key: older sluice versions can read it back");
+
+        let mut routed = record.clone();
+        routed.route = Some(RouteChoice {
+            upstream: "m365".into(),
+            mailbox: Some("scanner@contoso.com".into()),
+            sender_rewrite: Some(crate::config::SenderRewrite::Mailbox),
+        });
+        let back: QueueRecord = serde_json::from_str(&serde_json::to_string(&routed).unwrap()).unwrap();
+        assert_eq!(back, routed);
     }
 }

@@ -120,21 +120,31 @@ impl Upstream {
         &self.config
     }
 
-    /// Opens a connection, authenticated as the kind requires. With XOAUTH2, a token the server refuses
-    /// (`535 5.7.3`) is dropped from the cache and the connection is tried once more with a fresh token:
-    /// a token can be revoked or expire early, and one refusal must not hold the route.
+    /// Opens a connection as the configured mailbox (the first of a pool).
     pub async fn connect(&self) -> Result<Connection, TransportError> {
+        self.connect_as(self.config.mailbox.as_deref()).await
+    }
+
+    /// Opens a connection, authenticated as the kind requires, for `mailbox` of the pool (the XOAUTH2
+    /// user, the Graph `/users/{mailbox}`; ignored by the kinds without a mailbox). With XOAUTH2, a token
+    /// the server refuses (`535 5.7.3`) is dropped from the cache and the connection is tried once more
+    /// with a fresh token: a token can be revoked or expire early, and one refusal must not hold the route.
+    pub async fn connect_as(&self, mailbox: Option<&str>) -> Result<Connection, TransportError> {
         let config = &self.config;
+        let mailbox = mailbox.or(config.mailbox.as_deref());
         match config.kind {
             UpstreamKind::M365Graph => {
                 let tokens = self.tokens.clone().expect("m365-graph has OAuth configured");
                 let http = self.http.clone().expect("m365-graph has an HTTP client");
-                let graph = config.graph.clone().expect("m365-graph has a Graph configuration");
+                let mut graph = config.graph.clone().expect("m365-graph has a Graph configuration");
+                if let Some(mailbox) = mailbox {
+                    graph.send_mail_url = format!("{}/{mailbox}/sendMail", graph.users_url);
+                }
                 Ok(Connection::Graph(graph::GraphSender::new(http, graph, tokens)))
             }
             UpstreamKind::M365Oauth => {
                 let tokens = self.tokens.as_ref().expect("m365-oauth has OAuth configured");
-                let user = config.mailbox.as_deref().unwrap_or_default();
+                let user = mailbox.unwrap_or_default();
                 let token = tokens.token().await?;
                 match SmtpConnection::connect_with(config, Auth::XOAuth2 { user, token: token.expose() }).await {
                     Err(TransportError::Session(reply)) if is_auth_unsuccessful(&reply) => {

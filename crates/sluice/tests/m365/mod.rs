@@ -150,7 +150,70 @@ pub async fn start(
     World { sim, scheduler, events, port, dir, stop, relay }
 }
 
+/// An `[upstreams.NAME]` section of `kind` against `sim` (its CA trusted), for route scenarios; `extra`
+/// lines are added to it.
+pub fn named_upstream(name: &str, kind: &str, sim: &exosim::RunningSim, dir: &Path, extra: &str) -> String {
+    let mut section = format!("[upstreams.{name}]\n{}ca_file = \"ca.pem\"\n", upstream(kind, sim, dir));
+    if kind != "m365-graph" {
+        section.push_str("tls_server_name = \"localhost\"\n");
+    }
+    section.push_str(extra);
+    section.push('\n');
+    section
+}
+
+/// Starts the simulator and sluice with a whole configuration: `make_config` gets the simulator, the
+/// directory and sluice's port, and writes everything after `hostname`, `spool_dir` and `[retry]`
+/// (listeners, users, upstreams, routes).
+pub async fn start_with(
+    tenant_toml: &str,
+    make_config: impl FnOnce(&exosim::RunningSim, &Path, u16) -> String,
+) -> World {
+    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("sluice=debug").try_init();
+    let sim_config = exosim::SimConfig::from_toml_str(tenant_toml).expect("tenant config");
+    let sim = exosim::Simulator::start(sim_config).await.expect("simulator starts");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), sim.ca_cert_pem()).unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let body = make_config(&sim, dir.path(), port);
+    launch(sim, dir, port, &body).await
+}
+
+async fn launch(sim: exosim::RunningSim, dir: tempfile::TempDir, port: u16, body: &str) -> World {
+    let config_text = format!(
+        "hostname = \"sluice.test\"\nspool_dir = \"spool\"\n\n[retry]\ninitial_interval = \"1s\"\nmax_interval = \"2s\"\n\n{body}\n"
+    );
+    std::fs::write(dir.path().join("sluice.toml"), &config_text).unwrap();
+    let config = sluice::config::load(&dir.path().join("sluice.toml")).unwrap_or_else(|e| panic!("{e}\n{config_text}"));
+    let stop = CancellationToken::new();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let relay = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            sluice::server::run_with(config, stop, move |s| {
+                let _ = tx.send(s.clone());
+            })
+            .await
+        })
+    };
+    let scheduler = rx.await.expect("sluice started");
+    let events = scheduler.subscribe();
+    World { sim, scheduler, events, port, dir, stop, relay }
+}
+
 impl World {
+    /// Stops sluice and starts it again on the same spool, simulator and port with another configuration
+    /// (as [`start_with`] takes it).
+    pub async fn restart_with(self, make_config: impl FnOnce(&exosim::RunningSim, &Path, u16) -> String) -> World {
+        self.stop.cancel();
+        let _ = self.relay.await;
+        let body = make_config(&self.sim, self.dir.path(), self.port);
+        launch(self.sim, self.dir, self.port, &body).await
+    }
+
     /// Submits one message to sluice; returns the final reply line.
     pub async fn submit(&self, from: &str, to: &[&str], body: &str) -> String {
         submit(self.port, from, to, body).await
