@@ -538,7 +538,12 @@ impl Inner {
         record: &mut QueueRecord,
         results: Vec<(usize, Outcome)>,
     ) -> Option<(Results, Option<Duration>)> {
-        let hold = results.iter().find(|(_, o)| microsoft::action(o) == Action::Hold).map(|(_, o)| o.describe());
+        let hold = results.iter().find(|(_, o)| microsoft::action(o) == Action::Hold).map(|(_, o)| (o.describe(), o));
+        let fix = hold.as_ref().and_then(|(_, o)| microsoft::explain(o)).map(|d| {
+            let oauth = self.upstream.oauth.as_ref().map(|o| o.client_id.as_str());
+            d.fix_for(self.upstream.mailbox.as_deref(), oauth)
+        });
+        let hold = hold.map(|(reason, _)| reason);
         let mut route = self.route.lock().expect("route lock");
         if let Some(reason) = hold {
             // With the route held, every recipient without a final verdict waits with the hold.
@@ -555,6 +560,7 @@ impl Inner {
                     kind = self.upstream.kind.name(),
                     reason = %reason,
                     recheck_in = %humantime::format_duration(self.upstream.hold_recheck),
+                    fix = fix.as_deref().unwrap_or("see `sluice probe`"),
                     "ROUTE HELD: the upstream refused us for a configuration reason; mail stays queued (not bounced) \
                      until the cause is fixed and the hold released, or hold_recheck passes"
                 );
