@@ -443,19 +443,21 @@ fn explain_transport(e: &TransportError, upstream: &UpstreamConfig, ctx: &Ctx, r
 /// Prints the transcript's lines from `from` on (and the TLS session once); returns how many are shown.
 fn print_transcript_from(transcript: &SharedTranscript, from: usize) -> usize {
     let t = transcript.lock().expect("transcript lock");
-    let mut tls_shown = from > 0;
-    for line in &t.lines[from.min(t.lines.len())..] {
-        println!("  {line}");
-        // The handshake happens right after the server's "220 … ready" to STARTTLS.
-        if !tls_shown && line.starts_with("S: 220") && t.lines.iter().any(|l| l == "C: STARTTLS") {
-            if let Some(tls) = &t.tls {
-                print_tls(tls);
-            }
-            tls_shown = true;
-        }
-    }
-    if !tls_shown && let Some(tls) = &t.tls {
+    let starttls_at = t.lines.iter().position(|l| l == "C: STARTTLS");
+    if from == 0
+        && starttls_at.is_none()
+        && let Some(tls) = &t.tls
+    {
+        // Implicit TLS: the handshake came before the greeting.
         print_tls(tls);
+    }
+    for (i, line) in t.lines.iter().enumerate().skip(from) {
+        println!("  {line}");
+        if starttls_at.is_some_and(|s| s + 1 == i)
+            && let Some(tls) = &t.tls
+        {
+            print_tls(tls);
+        }
     }
     t.lines.len()
 }
