@@ -922,3 +922,44 @@ fn refusal_fix(reply: &Reply, listener: Option<&ListenerConfig>, local: Option<S
         _ => "see the reply above".into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_are_read_from_the_jwt_payload_only() {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let token = format!(
+            "{}.{}.c2ln",
+            b64.encode(r#"{"typ":"JWT"}"#),
+            b64.encode(r#"{"aud":"https://outlook.office365.com","roles":["SMTP.SendAsApp"],"tid":"t"}"#)
+        );
+        let claims = jwt_claims(&token).unwrap();
+        assert_eq!(claims["aud"], "https://outlook.office365.com");
+        assert_eq!(claims["roles"][0], "SMTP.SendAsApp");
+        assert!(jwt_claims("opaque-token").is_none());
+        assert!(jwt_claims("a.!!!.c").is_none());
+    }
+
+    #[test]
+    fn a_target_replaces_host_port_and_verified_name() {
+        let config = crate::config::parse(
+            "spool_dir = \"s\"\n[[listener]]\naddress = \"127.0.0.1:2525\"\n[upstream]\nhost = \"a.example\"\nport = 25\n",
+            std::path::Path::new("."),
+        )
+        .unwrap();
+        let mut up = config.upstream.clone();
+        retarget(&mut up, "smtp.example.com:587").unwrap();
+        assert_eq!((up.host.as_str(), up.port), ("smtp.example.com", 587));
+        assert_eq!(
+            format!("{:?}", up.server_name),
+            format!("{:?}", rustls_pki_types::ServerName::try_from("smtp.example.com").unwrap())
+        );
+        retarget(&mut up, "other.example").unwrap();
+        assert_eq!((up.host.as_str(), up.port), ("other.example", 587));
+        retarget(&mut up, "[::1]:2526").unwrap();
+        assert_eq!((up.host.as_str(), up.port), ("::1", 2526));
+        assert!(retarget(&mut up, "host:notaport").is_err());
+    }
+}
