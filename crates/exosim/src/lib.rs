@@ -8,7 +8,7 @@
 //! - [`config`]: the TOML configuration (tenant, domains, mailboxes, apps, limits).
 //! - [`directory`]: mailboxes, apps, identities and SendAs rules (pure lookups).
 //! - [`limits`]: per-mailbox usage counters (connections, rate, 24 h recipients).
-//! - [`tokens`]: opaque access tokens and their grants.
+//! - [`tokens`]: access tokens (JWT-shaped, looked up whole) and their grants.
 //! - [`faults`]: scripted replies, disconnects and delays.
 //! - [`store`]: accepted messages, for inspection.
 //! - [`replies`]: every SMTP reply text, in one place.

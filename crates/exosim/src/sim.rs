@@ -306,7 +306,7 @@ impl RunningSim {
             },
             expires_at: self.shared.now() + Duration::from_secs(dir.config.limits.token_lifetime_secs),
         };
-        Some(self.shared.tokens.lock().expect("tokens lock").issue(grant))
+        Some(self.shared.tokens.lock().expect("tokens lock").issue(grant, &dir.config.tenant.id))
     }
 
     /// Signs the user of `mailbox` in for a pending device code (see the device-code flow).

@@ -3,7 +3,8 @@
 //! redeeming one issues a new one and retires the old, reference §2).
 //!
 //! Real Entra ID tokens are JWTs, but clients must treat them as opaque (Microsoft says so and
-//! changes their format), so ours are random strings looked up in this store. What a real token
+//! changes their format), so ours are looked up whole in this store; they are shaped like Entra's (a
+//! JWT with the real claims, see [`jwt_token`]) only so that diagnostics can show the claims. What a real token
 //! carries is kept beside it: audience, tenant, app and the roles consented at issue time (a
 //! permission granted later is not in an earlier token, as with Entra), and the expiry, read
 //! against the simulator's clock.
@@ -159,9 +160,9 @@ pub struct TokenStore {
 }
 
 impl TokenStore {
-    /// Issues a token for `grant` and returns it.
-    pub fn issue(&mut self, grant: Grant) -> String {
-        let token = random_token();
+    /// Issues a token for `grant` in tenant `tenant_id` and returns it.
+    pub fn issue(&mut self, grant: Grant, tenant_id: &str) -> String {
+        let token = jwt_token(&grant, tenant_id);
         self.map.insert(token.clone(), grant);
         token
     }
@@ -256,6 +257,41 @@ pub fn random_token() -> String {
     format!("eyJ0eXAiOiJKV1Qi.{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
+/// A token shaped like Entra's: a JWT whose payload carries the claims a real one has (`aud`, `iss`,
+/// `exp`, `appid`, `tid`, and `roles` for an app or `scp` and `upn` for a user), so that a client that
+/// decodes it for diagnostics (`sluice probe`) sees what it would see. The signature part is random:
+/// nothing verifies it, the store looks the whole token up, and that randomness makes it unguessable.
+pub fn jwt_token(grant: &Grant, tenant_id: &str) -> String {
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let aud = match grant.audience {
+        Audience::Exchange => "https://outlook.office365.com",
+        Audience::Graph => "https://graph.microsoft.com",
+    };
+    let exp = grant.expires_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let mut claims = serde_json::json!({
+        "aud": aud,
+        "iss": format!("https://sts.windows.net/{tenant_id}/"),
+        "exp": exp,
+        "tid": tenant_id,
+        "ver": "1.0",
+    });
+    match &grant.subject {
+        Subject::App { client_id, roles } => {
+            claims["appid"] = client_id.as_str().into();
+            claims["roles"] = roles.clone().into();
+        }
+        Subject::User { upn, scopes, client_id } => {
+            claims["appid"] = client_id.as_str().into();
+            claims["scp"] = scopes.join(" ").into();
+            claims["upn"] = upn.as_str().into();
+        }
+    }
+    let header = b64.encode(r#"{"typ":"JWT","alg":"RS256","kid":"exosim"}"#);
+    let mut signature = [0u8; 48];
+    SystemRandom::new().fill(&mut signature).expect("the system random generator failed");
+    format!("{header}.{}.{}", b64.encode(claims.to_string()), b64.encode(signature))
+}
+
 /// Random hex of `n` bytes, upper case (session ids, message ids).
 pub fn random_hex(n: usize) -> String {
     let mut bytes = vec![0u8; n];
@@ -283,12 +319,23 @@ mod tests {
     fn expiry_and_audience() {
         let mut s = TokenStore::default();
         let t0 = SystemTime::UNIX_EPOCH;
-        let tok = s.issue(Grant {
-            audience: Audience::Exchange,
-            subject: Subject::User { upn: "a@b.c".into(), scopes: vec![], client_id: "x".into() },
-            expires_at: t0 + Duration::from_secs(10),
-        });
+        let tok = s.issue(
+            Grant {
+                audience: Audience::Exchange,
+                subject: Subject::User { upn: "a@b.c".into(), scopes: vec![], client_id: "x".into() },
+                expires_at: t0 + Duration::from_secs(10),
+            },
+            "tenant-1",
+        );
         assert!(s.verify(&tok, Audience::Exchange, t0).is_ok());
+        // Shaped like Entra's: a JWT whose payload names the audience, tenant and app.
+        let payload = tok.split('.').nth(1).unwrap();
+        let claims: serde_json::Value =
+            serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+        assert_eq!(claims["aud"], "https://outlook.office365.com");
+        assert_eq!(claims["tid"], "tenant-1");
+        assert_eq!(claims["appid"], "x");
+        assert_eq!(claims["exp"], 10);
         assert_eq!(s.verify(&tok, Audience::Graph, t0).unwrap_err(), TokenError::WrongAudience);
         assert_eq!(s.verify(&tok, Audience::Exchange, t0 + Duration::from_secs(10)).unwrap_err(), TokenError::Expired);
         assert_eq!(s.verify("nope", Audience::Exchange, t0).unwrap_err(), TokenError::Unknown);

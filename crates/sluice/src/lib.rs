@@ -14,6 +14,7 @@
 //! - [`routing`]: which upstream and mailbox a message goes through (sender, user, network).
 //! - [`scheduler`]: the in-memory queue over the spool, delivery workers, the pure retry schedule.
 //! - [`upstream`]: the SMTP client and the single outcome classifier.
+//! - [`probe`]: `sluice probe`, step-by-step diagnostics of the upstream and of our listeners.
 //! - [`dsn`]: bounces (RFC 3464). [`config`]: raw TOML → resolved runtime config. [`server`]: wiring.
 //!
 //! The wire protocol itself (parsing, replies, dot-stuffing) lives in the `smtp-wire` crate, which does no I/O.
@@ -26,6 +27,7 @@ pub mod dsn;
 pub mod listener;
 pub mod oauth;
 pub mod policy;
+pub mod probe;
 pub mod routing;
 pub mod scheduler;
 pub mod sendmail;

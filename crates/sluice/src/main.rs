@@ -66,6 +66,9 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Diagnose the upstream step by step (DNS, TLS, token, AUTH, optionally a test message), or with
+    /// --listener our own listener as a device would; explains Microsoft's refusals. Exit 0 when all worked.
+    Probe(sluice::probe::ProbeArgs),
     /// Submit a message the way sendmail does (also what runs when sluice is installed as `sendmail`):
     /// recipients as arguments or -t, -f sender, -F full name, -i/-oi; the message on stdin. It goes to
     /// the local sluice at $SLUICE_SENDMAIL_SERVER (default 127.0.0.1:25).
@@ -103,6 +106,7 @@ fn main() -> ExitCode {
         Command::Serve { config } => serve(config),
         Command::CheckConfig { config } => check_config(&config),
         Command::Passwd => passwd(),
+        Command::Probe(args) => sluice::probe::run(args),
         Command::Sendmail { args } => ExitCode::from(sluice::sendmail::main(&args)),
         Command::Status { admin } => run_admin_command(async move {
             let client = admin.client()?;

@@ -231,7 +231,7 @@ fn issue(shared: &Shared, req: &TokenRequest<'_>) -> Result<Resp, Aadsts> {
         subject: Subject::App { client_id: app.client_id.clone(), roles },
         expires_at: shared.now() + Duration::from_secs(lifetime),
     };
-    let access_token = shared.tokens.lock().expect("tokens lock").issue(grant);
+    let access_token = shared.tokens.lock().expect("tokens lock").issue(grant, &dir.config.tenant.id);
     let mut resp = json(
         StatusCode::OK,
         &json!({
@@ -486,11 +486,14 @@ fn delegated_tokens(
     };
     let scope_text = scopes.iter().map(|s| format!("{resource}/{s}")).collect::<Vec<_>>().join(" ");
     let mut tokens = shared.tokens.lock().expect("tokens lock");
-    let access_token = tokens.issue(Grant {
-        audience,
-        subject: Subject::User { upn: upn.to_owned(), scopes: scopes.clone(), client_id: client_id.to_owned() },
-        expires_at: now + Duration::from_secs(lifetime),
-    });
+    let access_token = tokens.issue(
+        Grant {
+            audience,
+            subject: Subject::User { upn: upn.to_owned(), scopes: scopes.clone(), client_id: client_id.to_owned() },
+            expires_at: now + Duration::from_secs(lifetime),
+        },
+        &dir.config.tenant.id,
+    );
     let mut body = json!({
         "token_type": "Bearer",
         "scope": scope_text,

@@ -1171,6 +1171,12 @@ fn root_store(ca_file: Option<&Path>, p: &str) -> Result<rustls::RootCertStore, 
     Ok(roots)
 }
 
+/// A TLS client configuration as the upstream's (ring, TLS 1.2+, the system store plus `ca_file`), without
+/// a client certificate: for `sluice probe --listener`, which plays a device.
+pub fn client_tls(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, ConfigError> {
+    client_tls_with(root_store(ca_file, "probe")?, None, "probe")
+}
+
 type ClientCert = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
 
 fn client_tls_with(

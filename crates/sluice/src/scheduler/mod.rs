@@ -833,7 +833,14 @@ impl Inner {
     ) -> Option<(Results, Option<Duration>)> {
         let l = &self.lanes[lane];
         let upstream = &l.upstream;
-        let hold = results.iter().find(|(_, o)| microsoft::action(o) == Action::Hold).map(|(_, o)| o.describe());
+        let hold = results.iter().find(|(_, o)| microsoft::action(o) == Action::Hold).map(|(_, o)| (o.describe(), o));
+        // The fix names the mailbox this attempt signed in as (a pool's member, or the upstream's one).
+        let fix = hold.as_ref().and_then(|(_, o)| microsoft::explain(o)).map(|d| {
+            let mailbox = l.mailboxes.lock().expect("mailbox lock")[mb].address.clone();
+            let oauth = upstream.oauth.as_ref().map(|o| o.client_id.as_str());
+            d.fix_for(mailbox.as_deref().or(upstream.mailbox.as_deref()), oauth)
+        });
+        let hold = hold.map(|(reason, _)| reason);
         let mut route = l.route.lock().expect("route lock");
         if let Some(reason) = hold {
             // With the route held, every recipient without a final verdict waits with the hold.
@@ -851,6 +858,7 @@ impl Inner {
                     kind = upstream.kind.name(),
                     reason = %reason,
                     recheck_in = %humantime::format_duration(upstream.hold_recheck),
+                    fix = fix.as_deref().unwrap_or("see `sluice probe`"),
                     "ROUTE HELD: the upstream refused us for a configuration reason; mail stays queued (not bounced) \
                      until the cause is fixed and the hold released, or hold_recheck passes"
                 );

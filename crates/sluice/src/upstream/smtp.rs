@@ -1,6 +1,7 @@
 //! An SMTP client for smarthosts: one [`SmtpConnection`] carries many messages (RSET between), pipelines
 //! MAIL/RCPT/DATA when the server offers PIPELINING, and reports a verdict per recipient.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use smtp_wire::{Reply, parse_reply};
@@ -51,11 +52,35 @@ impl Capabilities {
     }
 }
 
+/// A record of one session, for `sluice probe`: each line sent (`C: `) and received (`S: `), with AUTH
+/// payloads and message content replaced by a placeholder, and the TLS session's parameters. Shared, so
+/// that it can be read after a connection attempt failed.
+#[derive(Debug, Default)]
+pub struct Transcript {
+    pub lines: Vec<String>,
+    pub tls: Option<TlsInfo>,
+}
+
+/// A transcript a connection writes to while the caller keeps a handle on it.
+pub type SharedTranscript = Arc<Mutex<Transcript>>;
+
+/// What was negotiated in a TLS handshake.
+#[derive(Debug, Clone)]
+pub struct TlsInfo {
+    /// `TLSv1_3`, `TLSv1_2`.
+    pub version: String,
+    /// `TLS13_AES_256_GCM_SHA384`…
+    pub cipher_suite: String,
+    /// The server's certificates (DER), leaf first.
+    pub chain: Vec<Vec<u8>>,
+}
+
 pub struct SmtpConnection {
     stream: Box<dyn Stream>,
     buf: Vec<u8>,
     caps: Capabilities,
     command_timeout: Duration,
+    transcript: Option<SharedTranscript>,
     /// Messages handed over on this connection (for the per-connection limit and for RSET between).
     pub transactions: usize,
 }
@@ -76,6 +101,16 @@ impl SmtpConnection {
 
     /// Like [`connect`](Self::connect), with the authentication given.
     pub async fn connect_with(config: &UpstreamConfig, auth: Auth<'_>) -> Result<SmtpConnection, TransportError> {
+        Self::connect_traced(config, auth, None).await
+    }
+
+    /// Like [`connect_with`](Self::connect_with), recording the conversation in `transcript` (which the
+    /// connection keeps writing to as long as it lives).
+    pub async fn connect_traced(
+        config: &UpstreamConfig,
+        auth: Auth<'_>,
+        transcript: Option<SharedTranscript>,
+    ) -> Result<SmtpConnection, TransportError> {
         let address = (config.host.as_str(), config.port);
         let tcp = match timeout(config.connect_timeout, TcpStream::connect(address)).await {
             Err(_) => {
@@ -86,7 +121,7 @@ impl SmtpConnection {
         };
         let _ = tcp.set_nodelay(true);
         let stream: Box<dyn Stream> = match config.tls {
-            UpstreamTls::Implicit => Box::new(tls_handshake(config, tcp).await?),
+            UpstreamTls::Implicit => Box::new(tls_handshake(config, tcp, transcript.as_ref()).await?),
             UpstreamTls::Starttls | UpstreamTls::None => Box::new(tcp),
         };
         let mut conn = SmtpConnection {
@@ -94,6 +129,7 @@ impl SmtpConnection {
             buf: Vec::with_capacity(4096),
             caps: Capabilities::default(),
             command_timeout: config.command_timeout,
+            transcript: transcript.clone(),
             transactions: 0,
         };
         let greeting = conn.read_reply("the greeting").await?;
@@ -115,12 +151,13 @@ impl SmtpConnection {
             // Anything the server sent before the handshake is not trustworthy; drop it (RFC 3207 §4.2).
             conn.buf.clear();
             let SmtpConnection { stream, .. } = conn;
-            let tls = tls_handshake(config, stream).await?;
+            let tls = tls_handshake(config, stream, transcript.as_ref()).await?;
             conn = SmtpConnection {
                 stream: Box::new(tls),
                 buf: Vec::with_capacity(4096),
                 caps: Capabilities::default(),
                 command_timeout: config.command_timeout,
+                transcript,
                 transactions: 0,
             };
             conn.ehlo(&config.helo_name).await?;
@@ -146,7 +183,8 @@ impl SmtpConnection {
             )));
         }
         let initial = base64::engine::general_purpose::STANDARD.encode(xoauth2_response(user, token));
-        let mut reply = self.command(format!("AUTH XOAUTH2 {initial}\r\n").as_bytes(), "AUTH").await?;
+        let line = format!("AUTH XOAUTH2 {initial}\r\n");
+        let mut reply = self.command_shown(line.as_bytes(), "AUTH XOAUTH2 <token redacted>", "AUTH").await?;
         if reply.code == 334 {
             // RFC 7628 style failure: the server sent an error challenge; an empty response ends it with
             // the final (negative) reply.
@@ -180,17 +218,20 @@ impl SmtpConnection {
         let offers = |m: &str| self.caps.auth.iter().any(|a| a == m);
         let reply = if offers("PLAIN") {
             let token = b64.encode(format!("\0{user}\0{password}"));
-            self.command(format!("AUTH PLAIN {token}\r\n").as_bytes(), "AUTH").await?
+            let line = format!("AUTH PLAIN {token}\r\n");
+            self.command_shown(line.as_bytes(), "AUTH PLAIN <credentials redacted>", "AUTH").await?
         } else if offers("LOGIN") {
             let reply = self.command(b"AUTH LOGIN\r\n", "AUTH").await?;
             if reply.code != 334 {
                 return Err(TransportError::Session(reply));
             }
-            let reply = self.command(format!("{}\r\n", b64.encode(user)).as_bytes(), "AUTH").await?;
+            let line = format!("{}\r\n", b64.encode(user));
+            let reply = self.command_shown(line.as_bytes(), "<user name redacted>", "AUTH").await?;
             if reply.code != 334 {
                 return Err(TransportError::Session(reply));
             }
-            self.command(format!("{}\r\n", b64.encode(password)).as_bytes(), "AUTH").await?
+            let line = format!("{}\r\n", b64.encode(password));
+            self.command_shown(line.as_bytes(), "<password redacted>", "AUTH").await?
         } else {
             return Err(TransportError::Protocol(format!(
                 "credentials are configured but the upstream offers no AUTH PLAIN or LOGIN (offers: {})",
@@ -310,7 +351,8 @@ impl SmtpConnection {
 
         let mut payload = Vec::with_capacity(body.len() + body.len() / 64 + 8);
         smtp_wire::dot_stuff(body, &mut payload);
-        self.write(&payload).await?;
+        self.record_shown(&format!("<message content: {} bytes, then .>", body.len()));
+        self.write_unrecorded(&payload).await?;
         let final_reply = self.read_reply("end of data").await?;
         Ok(fill(verdicts, Outcome::Reply(final_reply)))
     }
@@ -345,7 +387,33 @@ impl SmtpConnection {
         self.read_reply(what).await
     }
 
+    /// A command whose line is a secret: the transcript shows `shown` instead.
+    async fn command_shown(&mut self, line: &[u8], shown: &str, what: &'static str) -> Result<Reply, TransportError> {
+        self.record_shown(shown);
+        self.write_unrecorded(line).await?;
+        self.read_reply(what).await
+    }
+
+    fn record(&self, prefix: &str, bytes: &[u8]) {
+        if let Some(t) = &self.transcript {
+            let text = String::from_utf8_lossy(bytes);
+            let mut t = t.lock().expect("transcript lock");
+            for line in text.split("\r\n").filter(|l| !l.is_empty()) {
+                t.lines.push(format!("{prefix}{line}"));
+            }
+        }
+    }
+
+    fn record_shown(&self, shown: &str) {
+        self.record("C: ", shown.as_bytes());
+    }
+
     async fn write(&mut self, bytes: &[u8]) -> Result<(), TransportError> {
+        self.record("C: ", bytes);
+        self.write_unrecorded(bytes).await
+    }
+
+    async fn write_unrecorded(&mut self, bytes: &[u8]) -> Result<(), TransportError> {
         match timeout(self.command_timeout, async {
             self.stream.write_all(bytes).await?;
             self.stream.flush().await
@@ -362,6 +430,7 @@ impl SmtpConnection {
         loop {
             match parse_reply(&self.buf) {
                 Ok(Some((reply, consumed))) => {
+                    self.record("S: ", &self.buf[..consumed]);
                     self.buf.drain(..consumed);
                     return Ok(reply);
                 }
@@ -414,12 +483,27 @@ fn fill(verdicts: Vec<Option<Outcome>>, rest: Outcome) -> Verdicts {
 async fn tls_handshake<S: Stream>(
     config: &UpstreamConfig,
     stream: S,
+    transcript: Option<&SharedTranscript>,
 ) -> Result<tokio_rustls::client::TlsStream<S>, TransportError> {
     let connector = tokio_rustls::TlsConnector::from(config.tls_config.clone());
     match timeout(config.connect_timeout, connector.connect(config.server_name.clone(), stream)).await {
         Err(_) => Err(TransportError::Tls("handshake timed out".into())),
         Ok(Err(e)) => Err(TransportError::Tls(e.to_string())),
-        Ok(Ok(stream)) => Ok(stream),
+        Ok(Ok(stream)) => {
+            if let Some(t) = transcript {
+                t.lock().expect("transcript lock").tls = Some(tls_info(stream.get_ref().1));
+            }
+            Ok(stream)
+        }
+    }
+}
+
+/// The parameters of an established TLS session.
+pub fn tls_info(conn: &rustls::CommonState) -> TlsInfo {
+    TlsInfo {
+        version: conn.protocol_version().map_or_else(|| "unknown".into(), |v| format!("{v:?}")),
+        cipher_suite: conn.negotiated_cipher_suite().map_or_else(|| "unknown".into(), |s| format!("{:?}", s.suite())),
+        chain: conn.peer_certificates().unwrap_or_default().iter().map(|c| c.as_ref().to_vec()).collect(),
     }
 }
 
