@@ -38,6 +38,7 @@ pub async fn run_with(
     let spool = tokio::task::spawn_blocking(move || Spool::open(&spool_dir))
         .await?
         .with_context(|| format!("cannot open spool {}", config.spool_dir.display()))?;
+    spool.set_min_free(config.min_free_space);
     let recovery = {
         let spool = spool.clone();
         tokio::task::spawn_blocking(move || spool.recover()).await?.context("cannot scan the spool")?

@@ -22,6 +22,7 @@ use crate::policy::abuse::AbuseLimits;
 use crate::policy::{CertificateRule, NetworkRule, Policy, Rules};
 
 use crate::scheduler::retry::RetryPolicy;
+use crate::spool::MinFree;
 
 /// The configuration compiled into the binary, used by `sluice serve` without `--config`: a relay on
 /// 127.0.0.1:2525 for local clients, spooling to `./spool`, forwarding to a plain SMTP server on
@@ -120,6 +121,8 @@ pub struct Config {
     /// Identity rules: per network, certificate and user.
     pub policy: Policy,
     pub abuse: AbuseLimits,
+    /// `[spool] min_free_space`: below this much free space new mail is refused (452 4.3.1).
+    pub min_free_space: MinFree,
     /// Things that work but that the admin should know about (printed by serve and check-config).
     pub warnings: Vec<String>,
 }
@@ -488,8 +491,14 @@ fn resolve(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         return Err(invalid("retry", "need 0 < initial_interval <= max_interval"));
     }
 
+    let min_free_space = match raw.spool.min_free_space {
+        None => MinFree::DEFAULT,
+        Some(raw::SizeOrShare::Bytes(bytes)) => MinFree::Bytes(bytes),
+        Some(raw::SizeOrShare::Text(text)) => MinFree::parse(&text).map_err(|e| invalid("spool.min_free_space", e))?,
+    };
+
     let spool_dir = base.join(raw.spool_dir);
-    Ok(Config { hostname, spool_dir, listeners, users, upstream, retry, policy, abuse, warnings })
+    Ok(Config { hostname, spool_dir, listeners, users, upstream, retry, policy, abuse, min_free_space, warnings })
 }
 
 fn read_secret(

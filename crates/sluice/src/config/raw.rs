@@ -30,6 +30,26 @@ pub struct RawConfig {
     pub upstream: RawUpstream,
     #[serde(default)]
     pub retry: RawRetry,
+    #[serde(default)]
+    pub spool: RawSpool,
+}
+
+/// `[spool]`: how the spool guards its filesystem.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSpool {
+    /// Free space to keep on the spool's filesystem: below it new mail gets 452 4.3.1. A size
+    /// (`"1GiB"`, `"500MB"`, a number of bytes; `0` turns the check off) or a share (`"5%"`).
+    /// Default: 100 MiB.
+    pub min_free_space: Option<SizeOrShare>,
+}
+
+/// A size written as a number of bytes or as text (`"1GiB"`, `"5%"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SizeOrShare {
+    Bytes(u64),
+    Text(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
