@@ -129,14 +129,15 @@ fn init_logging(format: LogFormat) {
 
 fn serve(path: Option<PathBuf>) -> ExitCode {
     let loaded = match &path {
-        Some(path) => config::load(path),
+        Some(path) => config::load_table(path)
+            .map(|(config, table)| (config, Some(sluice::server::ConfigSource { path: path.clone(), table }))),
         None => {
             tracing::info!("no --config given: running the embedded default configuration");
-            config::parse(config::EMBEDDED_DEFAULT, std::path::Path::new("."))
+            config::parse(config::EMBEDDED_DEFAULT, std::path::Path::new(".")).map(|config| (config, None))
         }
     };
-    let config = match loaded {
-        Ok(config) => config,
+    let (config, source) = match loaded {
+        Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("sluice: configuration error: {e}");
             return ExitCode::from(2);
@@ -152,7 +153,12 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         sluice::server::cancel_on_signals(shutdown.clone());
-        match sluice::server::run(config, shutdown).await {
+        // SIGHUP reads the configuration file again (see server/reload.rs).
+        let on_hup = shutdown.clone();
+        let ready = move |_: &sluice::scheduler::Scheduler, reloader: &std::sync::Arc<sluice::server::Reloader>| {
+            sluice::server::reload_on_sighup(reloader.clone(), on_hup)
+        };
+        match sluice::server::run_reloadable(config, source, shutdown, ready).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!("{e:#}");

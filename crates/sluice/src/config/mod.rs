@@ -282,6 +282,16 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     parse(&text, base)
 }
 
+/// Like [`load`], and also returns the file as a TOML table: what a configuration reload compares to
+/// tell which sections changed.
+pub fn load_table(path: &Path) -> Result<(Config, toml::Table), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let config = parse(&text, base)?;
+    let table = toml::from_str(&text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+    Ok((config, table))
+}
+
 /// Parses configuration text; relative paths in it are taken relative to `base`.
 pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
     let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
