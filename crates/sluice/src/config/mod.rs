@@ -995,6 +995,20 @@ mod tests {
     }
 
     #[test]
+    fn spool_min_free_space() {
+        let config = parse(&minimal(""), Path::new(".")).unwrap();
+        assert_eq!(config.min_free_space, MinFree::DEFAULT);
+        let config = parse(&minimal("[spool]\nmin_free_space = \"2GiB\"\n"), Path::new(".")).unwrap();
+        assert_eq!(config.min_free_space, MinFree::Bytes(2 << 30));
+        let config = parse(&minimal("[spool]\nmin_free_space = 0\n"), Path::new(".")).unwrap();
+        assert_eq!(config.min_free_space, MinFree::Bytes(0));
+        let config = parse(&minimal("[spool]\nmin_free_space = \"5%\"\n"), Path::new(".")).unwrap();
+        assert_eq!(config.min_free_space, MinFree::Percent(5.0));
+        let err = parse(&minimal("[spool]\nmin_free_space = \"lots\"\n"), Path::new(".")).unwrap_err().to_string();
+        assert!(err.contains("spool.min_free_space") && err.contains("line "), "{err}");
+    }
+
+    #[test]
     fn unknown_key_names_key_and_line() {
         let err = parse(&minimal("[retry]\nmax_agee = \"1d\"\n"), Path::new(".")).unwrap_err().to_string();
         assert!(err.contains("max_agee"), "{err}");
