@@ -72,8 +72,9 @@ fn failing_fsync_or_open_answers_451_and_queues_nothing() {
     c.cmd("NOOP").expect(250, None, "NOOP after a refused message");
     fiu_ctrl(&ctrl, pid, &format!("disable name={FSYNC}"));
 
-    // Every open fails: the temporary files cannot even be created.
-    fiu_ctrl(&ctrl, pid, &format!("enable name={OPEN}"));
+    // Every open fails (EACCES): the temporary files cannot even be created. The errno is fixed:
+    // left to libfiu it is drawn from open's list, which holds ENOSPC and EDQUOT (rightly 452).
+    fiu_ctrl(&ctrl, pid, &format!("enable name={OPEN},failinfo=13"));
     send(&mut c, "refused open").expect(451, Some("4.3.0"), "refused open");
     fiu_ctrl(&ctrl, pid, &format!("disable name={OPEN}"));
 

@@ -112,7 +112,7 @@ fn sighup_applies_networks_users_and_listeners_and_refuses_a_bad_file() {
         listener(t, 0).insert("allowed_networks".into(), strs(&["127.0.0.0/8", "not-a-network"]));
     });
     let log = sighup(&sluice, REFUSED);
-    let line = log.lines().filter(|l| l.contains(REFUSED)).last().unwrap();
+    let line = log.lines().rfind(|l| l.contains(REFUSED)).unwrap();
     assert!(
         line.contains("listener[0].allowed_networks") && line.contains("(line "),
         "the refusal names the key and the line: {line}"
