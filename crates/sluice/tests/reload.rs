@@ -260,3 +260,37 @@ fn a_new_certificate_is_served_after_a_reload() {
     up.wait_for_messages(2, DEADLINE);
     eprintln!("certificate swap: the new certificate served after SIGHUP, a session on the old one finished");
 }
+
+/// `sluice serve --pid-file` and `sluice reload --pid-file`: the same reload, by command.
+#[test]
+fn sluice_reload_signals_the_pid_in_the_pid_file() {
+    let dir = tempdir();
+    let pid_file = dir.path().join("sluice.pid");
+    let up = Upstream::builder().start();
+    // The harness runs `<wrapper> sluice serve --config FILE`; the wrapper adds --pid-file.
+    let script = format!("exec \"$@\" --pid-file '{}'", pid_file.display());
+    let mut sluice = Sluice::builder()
+        .listener(Listener::plain().allow(&["127.0.0.0/8"]).insecure_allow_plaintext_auth(true))
+        .upstream(UpstreamCfg::of(&up))
+        .wrapper(&["sh", "-c", &script, "sh"])
+        .start();
+    let written = fs::read_to_string(&pid_file).expect("serve wrote its pid file");
+    assert_eq!(written.trim(), sluice.pid().to_string());
+
+    edit_config(&sluice, |t| {
+        t.insert("user".into(), toml::Value::Array(vec![user("carol", "pw")]));
+    });
+    let before = sluice.log().matches(RELOADED).count();
+    let out = run_command(Command::new(sluice_bin()).arg("reload").arg("--pid-file").arg(&pid_file), None, DEADLINE);
+    assert!(out.success(), "sluice reload:\n{out}");
+    wait_until(DEADLINE, "the reload", || (sluice.log().matches(RELOADED).count() > before).then_some(()));
+    let mut c = sluice.connect(0);
+    c.ehlo();
+    c.auth_plain("carol", "pw").expect(235, Some("2.7.0"), "AUTH as the user added");
+    c.quit();
+
+    assert!(sluice.terminate().success());
+    assert!(!pid_file.exists(), "the pid file is removed at exit");
+    let out = run_command(Command::new(sluice_bin()).arg("reload").arg("--pid-file").arg(&pid_file), None, DEADLINE);
+    assert!(!out.success(), "no pid file, no reload:\n{out}");
+}
