@@ -1,4 +1,4 @@
-//! The `sluice` command line: serve, check-config, passwd.
+//! The `sluice` command line: serve, reload, check-config, passwd.
 
 use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
@@ -50,6 +50,15 @@ enum Command {
     Serve {
         #[arg(long, short, env = "SLUICE_CONFIG")]
         config: Option<PathBuf>,
+        /// Write the process id here (for `sluice reload --pid-file`); removed at exit.
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+    },
+    /// Make a running sluice read its configuration file again: sends SIGHUP to the process whose id
+    /// `serve --pid-file` wrote. The outcome (applied, or refused and why) is in sluice's log.
+    Reload {
+        #[arg(long)]
+        pid_file: PathBuf,
     },
     /// Check a configuration file and print what would be served, or the first error.
     CheckConfig {
@@ -103,7 +112,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
-        Command::Serve { config } => serve(config),
+        Command::Serve { config, pid_file } => serve(config, pid_file),
+        Command::Reload { pid_file } => reload(&pid_file),
         Command::CheckConfig { config } => check_config(&config),
         Command::Passwd => passwd(),
         Command::Probe(args) => sluice::probe::run(args),
@@ -182,19 +192,68 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn serve(path: Option<PathBuf>) -> ExitCode {
-    let loaded = match &path {
-        Some(path) => config::load(path),
-        None => {
-            tracing::info!("no --config given: running the embedded default configuration");
-            config::parse(config::EMBEDDED_DEFAULT, std::path::Path::new("."))
+/// Sends SIGHUP to the sluice whose process id is in `pid_file`.
+fn reload(pid_file: &std::path::Path) -> ExitCode {
+    let text = match std::fs::read_to_string(pid_file) {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!("sluice reload: cannot read {}: {e}", pid_file.display());
+            return ExitCode::FAILURE;
         }
     };
-    let config = match loaded {
-        Ok(config) => config,
+    let Some(pid) = text.trim().parse::<i32>().ok().and_then(rustix::process::Pid::from_raw) else {
+        eprintln!("sluice reload: {} does not hold a process id", pid_file.display());
+        return ExitCode::FAILURE;
+    };
+    match rustix::process::kill_process(pid, rustix::process::Signal::HUP) {
+        Ok(()) => {
+            println!("sent SIGHUP to sluice (pid {}); its log says whether the configuration was applied", text.trim());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sluice reload: cannot signal pid {}: {e}", text.trim());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The pid file of `serve --pid-file`, removed when serve returns.
+struct PidFile(PathBuf);
+
+impl PidFile {
+    fn write(path: PathBuf) -> std::io::Result<PidFile> {
+        std::fs::write(&path, format!("{}\n", std::process::id()))?;
+        Ok(PidFile(path))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn serve(path: Option<PathBuf>, pid_file: Option<PathBuf>) -> ExitCode {
+    let loaded = match &path {
+        Some(path) => config::load_table(path)
+            .map(|(config, table)| (config, Some(sluice::server::ConfigSource { path: path.clone(), table }))),
+        None => {
+            tracing::info!("no --config given: running the embedded default configuration");
+            config::parse(config::EMBEDDED_DEFAULT, std::path::Path::new(".")).map(|config| (config, None))
+        }
+    };
+    let (config, source) = match loaded {
+        Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("sluice: configuration error: {e}");
             return ExitCode::from(2);
+        }
+    };
+    let _pid_file = match pid_file.map(PidFile::write).transpose() {
+        Ok(pid_file) => pid_file,
+        Err(e) => {
+            eprintln!("sluice: cannot write the pid file: {e}");
+            return ExitCode::FAILURE;
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -207,7 +266,12 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         sluice::server::cancel_on_signals(shutdown.clone());
-        match sluice::server::run(config, shutdown).await {
+        // SIGHUP reads the configuration file again (see server/reload.rs).
+        let on_hup = shutdown.clone();
+        let ready = move |_: &sluice::scheduler::Scheduler, reloader: &std::sync::Arc<sluice::server::Reloader>| {
+            sluice::server::reload_on_sighup(reloader.clone(), on_hup)
+        };
+        match sluice::server::run_reloadable(config, source, shutdown, ready).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!("{e:#}");

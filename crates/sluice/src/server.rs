@@ -1,6 +1,10 @@
 //! Start-up and shutdown: open the spool and resume what it holds, start the delivery workers, bind the
 //! listeners, and on SIGTERM/Ctrl-C stop accepting, let sessions finish, and keep the queue on disk.
+//! Configuration reload (SIGHUP, or an admin endpoint through [`Reloader`]) is in `server/reload.rs`.
 
+mod reload;
+
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,10 +16,9 @@ use tracing::{error, info, warn};
 
 use crate::admin::AdminState;
 use crate::config::Config;
-use crate::listener::{self, ListenerContext, Shared};
-use crate::policy::Users;
 use crate::scheduler::Scheduler;
 use crate::spool::Spool;
+pub use reload::{ReloadError, ReloadReport, Reloader, reload_on_sighup};
 
 /// How long sessions in flight get to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -32,6 +35,19 @@ pub async fn run_with(
     shutdown: CancellationToken,
     ready: impl FnOnce(&Scheduler),
 ) -> anyhow::Result<()> {
+    run_reloadable(config, None, shutdown, |scheduler, _| ready(scheduler)).await
+}
+
+/// Runs the relay until `shutdown` is cancelled. With the file the configuration came from (`source`),
+/// [`Reloader::reload`] reads it again; `ready` gets the queue and the reloader once every listener is
+/// bound (to install a SIGHUP handler with [`reload_on_sighup`], or hand the reloader to an admin
+/// endpoint).
+pub async fn run_reloadable(
+    config: Config,
+    source: Option<ConfigSource>,
+    shutdown: CancellationToken,
+    ready: impl FnOnce(&Scheduler, &Arc<Reloader>),
+) -> anyhow::Result<()> {
     for warning in &config.warnings {
         warn!("{warning}");
     }
@@ -39,6 +55,7 @@ pub async fn run_with(
     let spool = tokio::task::spawn_blocking(move || Spool::open(&spool_dir))
         .await?
         .with_context(|| format!("cannot open spool {}", config.spool_dir.display()))?;
+    spool.set_min_free(config.min_free_space);
     let recovery = {
         let spool = spool.clone();
         tokio::task::spawn_blocking(move || spool.recover()).await?.context("cannot scan the spool")?
@@ -74,38 +91,38 @@ pub async fn run_with(
     )
     .await?;
 
-    let shared = Arc::new(Shared {
+    let sessions = TaskTracker::new();
+    let listeners = TaskTracker::new();
+    let mut running = reload::Running {
+        table: source.as_ref().map(|s| s.table.clone()).unwrap_or_default(),
+        listeners: Vec::new(),
         hostname: config.hostname.clone(),
         spool,
         scheduler: scheduler.clone(),
-        users: Users::new(&config.users),
-        policy: Arc::new(config.policy),
         abuse: crate::policy::abuse::Abuse::new(config.abuse),
-    });
-    let sessions = TaskTracker::new();
-    let listeners = TaskTracker::new();
+        shutdown: shutdown.clone(),
+        sessions: sessions.clone(),
+        listener_tasks: listeners.clone(),
+    };
+    let shared = running.shared(&config.users, config.policy);
+    let mut sockets = Vec::new();
     for listener_config in &config.listeners {
         let socket = TcpListener::bind(listener_config.address)
             .await
             .with_context(|| format!("cannot listen on {}", listener_config.address))?;
-        info!(
-            address = %socket.local_addr()?,
-            tls = ?listener_config.tls,
-            allowed_networks = ?listener_config.allowed_networks,
-            "listening"
-        );
-        let ctx = Arc::new(ListenerContext {
-            config: listener_config.clone(),
-            shared: shared.clone(),
-            shutdown: shutdown.clone(),
-        });
-        listeners.spawn(listener::serve(socket, ctx, sessions.clone()));
+        sockets.push(socket);
     }
+    // `ready` (a SIGHUP handler, say) is in place before the first session is accepted.
+    let reloader = Arc::new(Reloader::new(source.map(|s| s.path)));
+    ready(&scheduler, &reloader);
+    for (socket, listener_config) in sockets.into_iter().zip(&config.listeners) {
+        running.start_listener(socket, listener_config.clone(), shared.clone())?;
+    }
+    reloader.set_running(running).await;
     info!(upstream = %config.upstream.display_name(), hostname = %config.hostname, "sluice is running");
     if let Some((_, state)) = &admin {
         state.ready.store(true, std::sync::atomic::Ordering::Release);
     }
-    ready(&scheduler);
 
     shutdown.cancelled().await;
     if let Some((_, state)) = &admin {
@@ -124,6 +141,13 @@ pub async fn run_with(
     }
     info!(queued = scheduler.waiting(), "stopped; the queue is kept on disk");
     Ok(())
+}
+
+/// Where the running configuration came from: the file a reload reads again, and its text as a TOML
+/// table (what the reload compares the new file to).
+pub struct ConfigSource {
+    pub path: PathBuf,
+    pub table: toml::Table,
 }
 
 /// Cancels `token` on SIGTERM or SIGINT.

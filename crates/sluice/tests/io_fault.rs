@@ -72,8 +72,9 @@ fn failing_fsync_or_open_answers_451_and_queues_nothing() {
     c.cmd("NOOP").expect(250, None, "NOOP after a refused message");
     fiu_ctrl(&ctrl, pid, &format!("disable name={FSYNC}"));
 
-    // Every open fails: the temporary files cannot even be created.
-    fiu_ctrl(&ctrl, pid, &format!("enable name={OPEN}"));
+    // Every open fails (EACCES): the temporary files cannot even be created. The errno is fixed:
+    // left to libfiu it is drawn from open's list, which holds ENOSPC and EDQUOT (rightly 452).
+    fiu_ctrl(&ctrl, pid, &format!("enable name={OPEN},failinfo=13"));
     send(&mut c, "refused open").expect(451, Some("4.3.0"), "refused open");
     fiu_ctrl(&ctrl, pid, &format!("disable name={OPEN}"));
 
@@ -156,4 +157,52 @@ fn random_fsync_failures_never_yield_a_250_without_the_message() {
         "random fsync failures (p=0.3): {n} messages, {} acknowledged and delivered once, {refused} refused with 451 4.3.0",
         acked.len()
     );
+}
+
+/// A full disk reported by fsync (ENOSPC, as some filesystems do only then: NFS, thin volumes, quotas)
+/// answers 452 4.3.1 whichever fsync reported it, the message file's or the queue directory's (the
+/// directory's is shared by concurrent commits and used to lose its errno, answering 451).
+/// Half of all fsyncs fail, so about a quarter of the commits pass the file's fsync and then fail at
+/// the directory's.
+#[test]
+fn enospc_from_any_fsync_answers_452_not_451() {
+    let dir = tempdir();
+    let ctrl = dir.path().join("fiu-ctrl");
+    let up_port = free_port();
+    let sluice = sluice_under_fiu(&ctrl, up_port);
+    let pid = sluice.pid();
+    let n = knob("SLUICE_FAULTS_FIU_MESSAGES", 40);
+
+    fiu_ctrl(&ctrl, pid, &format!("enable_random name={FSYNC},probability=0.5,failinfo=28"));
+    let mut c = sluice.connect(0);
+    c.ehlo();
+    let mut acked = BTreeSet::new();
+    let mut refused = 0;
+    for i in 0..n {
+        let subject = format!("enospc {i:03}");
+        let reply = send(&mut c, &subject);
+        match reply.code {
+            250 => {
+                queued_id(&reply);
+                acked.insert(subject);
+            }
+            452 => {
+                reply.expect(452, Some("4.3.1"), &subject);
+                refused += 1;
+            }
+            _ => panic!("{subject}: expected 250 or 452 4.3.1 (an fsync failed with ENOSPC), got {reply}"),
+        }
+    }
+    c.quit();
+    fiu_ctrl(&ctrl, pid, &format!("disable name={FSYNC}"));
+    assert!(refused > 0 && !acked.is_empty(), "{refused} refused, {} acknowledged", acked.len());
+    let queued = check_spool_settled(&sluice.spool_dir, "after ENOSPC from fsync");
+    assert_eq!(queued.len(), acked.len(), "one queue entry per 250");
+
+    let up = Upstream::builder().port(up_port).start();
+    up.wait_for_messages(acked.len(), DEADLINE);
+    wait_for_empty_queue(&sluice.spool_dir, DEADLINE);
+    let delivered: BTreeSet<String> = up.messages().iter().filter_map(|m| m.subject()).collect();
+    assert_eq!(delivered, acked, "delivered = acknowledged");
+    eprintln!("ENOSPC from fsync: {n} messages, {} acknowledged, {refused} refused with 452 4.3.1", acked.len());
 }

@@ -23,6 +23,7 @@ use crate::policy::{CertificateRule, NetworkRule, Policy, Rules};
 use crate::routing::{Route, RouteChoice, Routing};
 
 use crate::scheduler::retry::RetryPolicy;
+use crate::spool::MinFree;
 
 /// The configuration compiled into the binary, used by `sluice serve` without `--config`: a relay on
 /// 127.0.0.1:2525 for local clients, spooling to `./spool`, forwarding to a plain SMTP server on
@@ -134,6 +135,8 @@ pub struct Config {
     pub policy: Policy,
     pub abuse: AbuseLimits,
     pub admin: AdminConfig,
+    /// `[spool] min_free_space`: below this much free space new mail is refused (452 4.3.1).
+    pub min_free_space: MinFree,
     /// Things that work but that the admin should know about (printed by serve and check-config).
     pub warnings: Vec<String>,
 }
@@ -331,6 +334,16 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
     let base = path.parent().unwrap_or(Path::new("."));
     parse(&text, base)
+}
+
+/// Like [`load`], and also returns the file as a TOML table: what a configuration reload compares to
+/// tell which sections changed.
+pub fn load_table(path: &Path) -> Result<(Config, toml::Table), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let config = parse(&text, base)?;
+    let table = toml::from_str(&text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+    Ok((config, table))
 }
 
 /// Parses configuration text; relative paths in it are taken relative to `base`.
@@ -565,6 +578,11 @@ fn resolve(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         return Err(invalid("retry", "need 0 < initial_interval <= max_interval"));
     }
 
+    let min_free_space = match raw.spool.min_free_space {
+        None => MinFree::DEFAULT,
+        Some(raw::SizeOrShare::Bytes(bytes)) => MinFree::Bytes(bytes),
+        Some(raw::SizeOrShare::Text(text)) => MinFree::parse(&text).map_err(|e| invalid("spool.min_free_space", e))?,
+    };
     let admin = resolve_admin(raw.admin, base)?;
     let spool_dir = base.join(raw.spool_dir);
     Ok(Config {
@@ -579,6 +597,7 @@ fn resolve(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         policy,
         abuse,
         admin,
+        min_free_space,
         warnings,
     })
 }
@@ -1226,6 +1245,20 @@ mod tests {
         assert_eq!(config.spool_dir, Path::new("/etc/sluice/spool"));
         assert_eq!(config.retry.max_age, Duration::from_secs(5 * 86400));
         assert_eq!(config.upstream.helo_name, "relay.test");
+    }
+
+    #[test]
+    fn spool_min_free_space() {
+        let config = parse(&minimal(""), Path::new(".")).unwrap();
+        assert_eq!(config.min_free_space, MinFree::DEFAULT);
+        let config = parse(&minimal("[spool]\nmin_free_space = \"2GiB\"\n"), Path::new(".")).unwrap();
+        assert_eq!(config.min_free_space, MinFree::Bytes(2 << 30));
+        let config = parse(&minimal("[spool]\nmin_free_space = 0\n"), Path::new(".")).unwrap();
+        assert_eq!(config.min_free_space, MinFree::Bytes(0));
+        let config = parse(&minimal("[spool]\nmin_free_space = \"5%\"\n"), Path::new(".")).unwrap();
+        assert_eq!(config.min_free_space, MinFree::Percent(5.0));
+        let err = parse(&minimal("[spool]\nmin_free_space = \"lots\"\n"), Path::new(".")).unwrap_err().to_string();
+        assert!(err.contains("spool.min_free_space") && err.contains("line "), "{err}");
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub struct RawConfig {
     pub retry: RawRetry,
     #[serde(default)]
     pub admin: RawAdmin,
+    #[serde(default)]
+    pub spool: RawSpool,
 }
 
 /// The admin interface: loopback HTTP with a bearer token, serving the queue API that `sluice queue`
@@ -100,6 +102,24 @@ pub struct RawRoute {
     pub mailbox: Option<String>,
     /// "keep" or "rewrite" (alias "mailbox"). Default: the upstream's `sender_rewrite`.
     pub sender_rewrite: Option<SenderRewrite>,
+}
+
+/// `[spool]`: how the spool guards its filesystem.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSpool {
+    /// Free space to keep on the spool's filesystem: below it new mail gets 452 4.3.1. A size
+    /// (`"1GiB"`, `"500MB"`, a number of bytes; `0` turns the check off) or a share (`"5%"`).
+    /// Default: 100 MiB.
+    pub min_free_space: Option<SizeOrShare>,
+}
+
+/// A size written as a number of bytes or as text (`"1GiB"`, `"5%"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SizeOrShare {
+    Bytes(u64),
+    Text(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -12,7 +12,14 @@ const DATA_RATE_GRACE: Duration = Duration::from_secs(10);
 
 use super::received::{self, ReceivedInfo};
 use super::session::{DATA_READ, Flow, Input, MAX_TEXT_LINE, Session};
-use crate::spool::{QueueRecord, RECORD_VERSION, RecipientState, RecipientStatus, Spool, now_ms};
+use crate::spool::{QueueRecord, RECORD_VERSION, RecipientState, RecipientStatus, Spool, is_disk_full, now_ms};
+
+/// Why a message that passed every content check was not queued.
+enum CommitRefused {
+    /// Free space is below `[spool] min_free_space`: nothing was written.
+    DiskLow,
+    Io(std::io::Error),
+}
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub(super) async fn data(&mut self) -> Flow {
@@ -175,7 +182,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
         let spool = self.state.ctx.shared.spool.clone();
         let to_commit = record.clone();
-        let committed = tokio::task::spawn_blocking(move || spool.commit(&to_commit, &body)).await;
+        // The free-space threshold once more, now that the message is here: the disk may have filled up
+        // since MAIL. Checked with the commit, off the async threads (statvfs, at most once a second).
+        let committed = tokio::task::spawn_blocking(move || {
+            if spool.disk_low() {
+                return Err(CommitRefused::DiskLow);
+            }
+            spool.commit(&to_commit, &body).map_err(CommitRefused::Io)
+        })
+        .await;
         match committed {
             Ok(Ok(())) => {
                 info!(
@@ -192,12 +207,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 self.reply(Reply::with_code(250, 2, 0, 0, format!("Ok: queued as {id}")));
                 Flow::Continue
             }
-            Ok(Err(e)) if e.raw_os_error() == Some(28) /* ENOSPC */ => {
+            Ok(Err(CommitRefused::DiskLow)) => {
+                warn!(queue_id = %id, client = %self.state.peer, "spool filesystem low on space; message refused");
+                self.reply(Reply::with_code(452, 4, 3, 1, "Insufficient system storage"));
+                Flow::Continue
+            }
+            Ok(Err(CommitRefused::Io(e))) if is_disk_full(&e) => {
                 error!(queue_id = %id, error = %e, "spool is full; message refused");
                 self.reply(Reply::with_code(452, 4, 3, 1, "Insufficient system storage"));
                 Flow::Continue
             }
-            Ok(Err(e)) => {
+            Ok(Err(CommitRefused::Io(e))) => {
                 error!(queue_id = %id, error = %e, "spool commit failed; message refused");
                 self.reply(Reply::with_code(451, 4, 3, 0, "Error: queue file write error"));
                 Flow::Continue

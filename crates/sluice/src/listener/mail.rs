@@ -21,6 +21,10 @@ impl SessionState {
         if !self.esmtp && params != MailParams::default() {
             return Reply::with_code(555, 5, 5, 4, "MAIL parameters need EHLO");
         }
+        if self.ctx.shared.spool.disk_low() {
+            warn!(client = %self.peer, "spool filesystem low on space; MAIL refused");
+            return Reply::with_code(452, 4, 3, 1, "Insufficient system storage");
+        }
         let limit = self.ctx.config.max_message_size;
         if let Some(size) = params.size
             && size > limit

@@ -19,12 +19,12 @@ pub mod session;
 mod tests;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -43,7 +43,9 @@ pub use fuzz::fuzz_session;
 /// A TLS handshake that takes longer than this is a stuck or hostile client.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// What every listener shares.
+/// What every listener shares: one generation of the settings. A configuration reload builds a new one
+/// (new users and identity rules, the same spool, queue and abuse counters); a session keeps the one it
+/// started with.
 pub struct Shared {
     pub hostname: String,
     pub spool: Spool,
@@ -53,20 +55,78 @@ pub struct Shared {
     pub abuse: Arc<Abuse>,
 }
 
-/// What one listener's sessions share.
+/// What one listener's sessions share: the listener's settings as they were when the session was
+/// accepted (a reload does not change a session already open).
 pub struct ListenerContext {
     pub config: ListenerConfig,
     pub shared: Arc<Shared>,
     pub shutdown: CancellationToken,
 }
 
-/// Accepts connections until `shutdown`; sessions are tracked by `sessions` so the caller can wait for
-/// them to finish.
-pub async fn serve(listener: TcpListener, ctx: Arc<ListenerContext>, sessions: TaskTracker) {
-    let permits = Arc::new(Semaphore::new(ctx.config.max_connections));
+/// A running listener: its current settings, which a configuration reload replaces for the sessions
+/// accepted after it, the number of sessions open, and the token that closes it (a reload that removes
+/// its address, or shutdown).
+pub struct LiveListener {
+    /// The address as configured (the key a reload matches listeners by).
+    pub address: SocketAddr,
+    ctx: RwLock<Arc<ListenerContext>>,
+    open: AtomicUsize,
+    stop: CancellationToken,
+}
+
+impl LiveListener {
+    pub fn new(ctx: Arc<ListenerContext>) -> Arc<LiveListener> {
+        Arc::new(LiveListener {
+            address: ctx.config.address,
+            stop: ctx.shutdown.child_token(),
+            ctx: RwLock::new(ctx),
+            open: AtomicUsize::new(0),
+        })
+    }
+
+    /// The settings a session accepted now gets.
+    pub fn current(&self) -> Arc<ListenerContext> {
+        self.ctx.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// New settings for the sessions accepted from now on.
+    pub fn replace(&self, ctx: Arc<ListenerContext>) {
+        *self.ctx.write().unwrap_or_else(|e| e.into_inner()) = ctx;
+    }
+
+    /// Stops accepting and closes the socket; sessions already open go on.
+    pub fn close(&self) {
+        self.stop.cancel();
+    }
+
+    /// Sessions open on this listener.
+    pub fn open_sessions(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+}
+
+/// One of a listener's `max_connections` slots, released on drop.
+struct OpenSlot(Arc<LiveListener>);
+
+impl OpenSlot {
+    fn take(live: &Arc<LiveListener>, max: usize) -> Option<OpenSlot> {
+        live.open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).ok()?;
+        Some(OpenSlot(live.clone()))
+    }
+}
+
+impl Drop for OpenSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Accepts connections until the listener is closed or shutdown; sessions are tracked by `sessions` so
+/// the caller can wait for them to finish. Each session gets the listener's settings of the moment.
+pub async fn serve(listener: TcpListener, live: Arc<LiveListener>, sessions: TaskTracker) {
     loop {
         let accepted = tokio::select! {
-            _ = ctx.shutdown.cancelled() => break,
+            _ = live.stop.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         let (tcp, peer) = match accepted {
@@ -79,17 +139,17 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ListenerContext>, sessions: T
             }
         };
         let _ = tcp.set_nodelay(true);
-        let ctx = ctx.clone();
+        let ctx = live.current();
         // The per-client limit and bans are checked in `handle`, after a PROXY header may have named
         // the real client; this limit protects the process itself.
-        match permits.clone().try_acquire_owned() {
-            Ok(permit) => {
+        match OpenSlot::take(&live, ctx.config.max_connections) {
+            Some(slot) => {
                 sessions.spawn(async move {
                     handle(tcp, peer, ctx).await;
-                    drop(permit);
+                    drop(slot);
                 });
             }
-            Err(_) => {
+            None => {
                 sessions.spawn(async move {
                     warn!(client = %peer, limit = ctx.config.max_connections, "connection refused: too many connections");
                     let mut tcp = tcp;

@@ -17,7 +17,8 @@ pub struct AbuseLimits {
 
 #[derive(Debug)]
 pub struct Abuse {
-    limits: AbuseLimits,
+    /// Replaced by a configuration reload; the counters and bans in `state` carry over.
+    limits: Mutex<AbuseLimits>,
     state: Mutex<State>,
 }
 
@@ -59,7 +60,13 @@ impl Drop for ConnectionSlot {
 
 impl Abuse {
     pub fn new(limits: AbuseLimits) -> Arc<Abuse> {
-        Arc::new(Abuse { limits, state: Mutex::new(State::default()) })
+        Arc::new(Abuse { limits: Mutex::new(limits), state: Mutex::new(State::default()) })
+    }
+
+    /// New limits (a configuration reload). Connections, failures counted so far and bans in force
+    /// are kept; the new thresholds apply from the next failure.
+    pub fn set_limits(&self, limits: AbuseLimits) {
+        *self.limits.lock().expect("abuse limits lock") = limits;
     }
 
     /// Admits a new connection from `ip`, or says why not.
@@ -93,7 +100,7 @@ impl Abuse {
     /// Records a failed AUTH. Returns true when the client address is now banned.
     pub fn auth_failed(&self, ip: IpAddr, user: &str) -> bool {
         let now = Instant::now();
-        let limits = self.limits;
+        let limits = *self.limits.lock().expect("abuse limits lock");
         let mut state = self.state.lock().expect("abuse lock");
         let window_start = now.checked_sub(limits.auth_failure_window);
         let count = |q: &mut VecDeque<Instant>| {

@@ -17,6 +17,7 @@
 //! fsync dir: a reader sees the old or the new state, never a mix. Removal deletes the state first, then
 //! the message.
 
+pub mod disk;
 pub mod record;
 
 use std::fs::{self, File, OpenOptions};
@@ -26,6 +27,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub use disk::{DiskSpace, MinFree, is_disk_full};
 pub use record::{QueueRecord, RECORD_VERSION, RecipientState, RecipientStatus};
 
 const TMP: &str = "tmp";
@@ -43,6 +45,7 @@ struct Dirs {
     queue: PathBuf,
     corrupt: PathBuf,
     queue_sync: GroupSync,
+    disk: disk::DiskGuard,
 }
 
 /// Group commit for the queue directory's fsync: many sessions rename their files into `queue/` at about
@@ -65,6 +68,8 @@ struct SyncState {
     running: bool,
     /// The last fsync failed for the tickets up to this one.
     failed_upto: u64,
+    /// And how: its errno, so that a full disk (ENOSPC, EDQUOT) is told apart from other failures.
+    failed_errno: Option<i32>,
 }
 
 impl GroupSync {
@@ -75,7 +80,10 @@ impl GroupSync {
         loop {
             if state.completed >= ticket {
                 return if ticket <= state.failed_upto {
-                    Err(io::Error::other("fsync of the queue directory failed"))
+                    Err(match state.failed_errno {
+                        Some(errno) => io::Error::from_raw_os_error(errno),
+                        None => io::Error::other("fsync of the queue directory failed"),
+                    })
                 } else {
                     Ok(())
                 };
@@ -89,8 +97,9 @@ impl GroupSync {
                 state = self.state.lock().expect("group sync lock");
                 state.running = false;
                 state.completed = upto;
-                if result.is_err() {
+                if let Err(e) = result {
                     state.failed_upto = upto;
+                    state.failed_errno = e.raw_os_error();
                 }
                 self.done.notify_all();
                 continue;
@@ -119,12 +128,30 @@ impl Spool {
             queue: root.join(QUEUE),
             corrupt: root.join(CORRUPT),
             queue_sync: GroupSync::default(),
+            disk: disk::DiskGuard::new(root.join(QUEUE)),
         };
         for dir in [&dirs.tmp, &dirs.queue, &dirs.corrupt] {
             fs::create_dir_all(dir)?;
         }
         sync_dir(root)?;
         Ok(Spool { inner: Arc::new(dirs) })
+    }
+
+    /// Sets the free space the spool's filesystem must keep (`[spool] min_free_space`); until then
+    /// there is no threshold. Takes effect at the next check.
+    pub fn set_min_free(&self, min_free: MinFree) {
+        self.inner.disk.set_min_free(min_free);
+    }
+
+    /// Free space on the spool's filesystem against the threshold, looked up at most once a second
+    /// (cheap enough for every MAIL). `None` when the filesystem cannot be asked.
+    pub fn disk_space(&self) -> Option<DiskSpace> {
+        self.inner.disk.space()
+    }
+
+    /// Free space is below the threshold: new mail must be refused with `452 4.3.1`.
+    pub fn disk_low(&self) -> bool {
+        self.disk_space().is_some_and(|space| space.low)
     }
 
     /// A new queue id: 16 upper-case hex digits, sortable by time of creation.
@@ -144,7 +171,8 @@ impl Spool {
     }
 
     /// Makes a new message durable. Blocking: call from a blocking thread.
-    /// On error nothing live is left behind (the temp file is removed), so the caller answers 451.
+    /// On error nothing live is left behind (the temp file is removed), so the caller answers 451
+    /// (452 4.3.1 when [`is_disk_full`] says the error is a full disk or quota).
     pub fn commit(&self, record: &QueueRecord, body: &[u8]) -> io::Result<()> {
         debug_assert_eq!(record.size, body.len() as u64);
         let id = &record.id;
