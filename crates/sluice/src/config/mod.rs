@@ -237,6 +237,8 @@ impl fmt::Debug for OAuthCredential {
 pub struct GraphConfig {
     /// `{graph_url}/v1.0/users/{mailbox}/sendMail`.
     pub send_mail_url: String,
+    /// `{graph_url}/v1.0/users/{mailbox}/messages` (drafts, for large messages).
+    pub messages_url: String,
     pub save_to_sent_items: bool,
 }
 
@@ -721,13 +723,14 @@ fn resolve_upstream(
             // Graph's MIME form of sendMail takes no parameters besides the message: Exchange saves the
             // copy. Say so rather than pretend.
             warnings.push(
-                "upstream.save_to_sent_items = false: Graph's MIME sendMail has no saveToSentItems parameter; \
-                 Exchange Online keeps a copy in Sent Items anyway"
+                "upstream.save_to_sent_items = false: neither Graph's MIME sendMail nor the send of a draft (large \
+                 messages) takes a saveToSentItems parameter; Exchange Online keeps a copy in Sent Items anyway"
                     .to_owned(),
             );
         }
         Some(GraphConfig {
             send_mail_url: format!("{}/v1.0/users/{user}/sendMail", base_url.trim_end_matches('/')),
+            messages_url: format!("{}/v1.0/users/{user}/messages", base_url.trim_end_matches('/')),
             save_to_sent_items: u.save_to_sent_items,
         })
     } else {

@@ -3,6 +3,7 @@
 
 pub mod classify;
 pub mod graph;
+pub mod graph_large;
 pub mod microsoft;
 pub mod rewrite;
 pub mod smtp;
