@@ -16,7 +16,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use raw::RawConfig;
-pub use raw::{ClientCertificate, Credential, ListenerTls, SenderRewrite, UpstreamKind, UpstreamTls};
+pub use raw::{ClientCertificate, Credential, ListenerTls, OAuthFlow, SenderRewrite, UpstreamKind, UpstreamTls};
 
 use crate::policy::abuse::AbuseLimits;
 use crate::policy::{CertificateRule, NetworkRule, Policy, Rules};
@@ -222,6 +222,11 @@ pub enum OAuthCredential {
         /// PKCS#8 DER of the RSA private key.
         key_pkcs8: Arc<Vec<u8>>,
     },
+    /// Delegated (`oauth_flow = "delegated"`): a public client; the refresh token of the user who signed in
+    /// with `sluice login` is read from this file and replaced by the rotated one on each use.
+    Delegated {
+        refresh_token_file: PathBuf,
+    },
 }
 
 impl fmt::Debug for OAuthCredential {
@@ -229,6 +234,9 @@ impl fmt::Debug for OAuthCredential {
         match self {
             OAuthCredential::Secret(_) => f.write_str("Secret([redacted])"),
             OAuthCredential::Certificate { .. } => f.write_str("Certificate([key redacted])"),
+            OAuthCredential::Delegated { refresh_token_file } => {
+                write!(f, "Delegated(refresh token in {})", refresh_token_file.display())
+            }
         }
     }
 }
@@ -525,6 +533,9 @@ Move to kind = \"m365-oauth\", \"m365-graph\" or \"m365-connector\".";
 const M365_SMTP_HOST: &str = "smtp.office365.com";
 const OUTLOOK_SCOPE: &str = "https://outlook.office365.com/.default";
 const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
+/// Delegated scopes (reference §2): the permission, and `offline_access` for a refresh token.
+const OUTLOOK_DELEGATED_SCOPE: &str = "https://outlook.office.com/SMTP.Send offline_access";
+const GRAPH_DELEGATED_SCOPE: &str = "https://graph.microsoft.com/Mail.Send offline_access";
 const GRAPH_URL: &str = "https://graph.microsoft.com";
 
 fn resolve_upstream(
@@ -662,7 +673,20 @@ fn resolve_upstream(
             "upstream.client_secret_file",
             "upstream.client_secret_env",
         )?;
+        let delegated = u.oauth_flow == OAuthFlow::Delegated;
         let credential = match (secret, &u.client_certificate_file, &u.client_key_file) {
+            (None, None, None) if delegated => {
+                let file = u.refresh_token_file.as_ref().ok_or_else(|| {
+                    invalid("upstream.refresh_token_file", "required with oauth_flow = \"delegated\"")
+                })?;
+                OAuthCredential::Delegated { refresh_token_file: base.join(file) }
+            }
+            _ if delegated => {
+                return Err(invalid(
+                    "upstream.oauth_flow",
+                    "\"delegated\" signs in as a user through a public client: no client secret or certificate",
+                ));
+            }
             (Some(_), Some(_), _) => {
                 return Err(invalid(
                     "upstream.client_certificate_file",
@@ -703,15 +727,24 @@ fn resolve_upstream(
                 ));
             }
         };
-        let scope = u
-            .scope
-            .clone()
-            .unwrap_or_else(|| if kind == K::M365Graph { GRAPH_SCOPE.to_owned() } else { OUTLOOK_SCOPE.to_owned() });
+        let scope = u.scope.clone().unwrap_or_else(|| {
+            match (kind, delegated) {
+                (K::M365Graph, false) => GRAPH_SCOPE,
+                (K::M365Graph, true) => GRAPH_DELEGATED_SCOPE,
+                (_, false) => OUTLOOK_SCOPE,
+                (_, true) => OUTLOOK_DELEGATED_SCOPE,
+            }
+            .to_owned()
+        });
         Some(OAuthConfig { token_url, client_id, scope, credential })
     } else {
         not_for("scope", u.scope.is_some())?;
+        not_for("oauth_flow", u.oauth_flow != OAuthFlow::App)?;
         None
     };
+    if u.oauth_flow != OAuthFlow::Delegated && u.refresh_token_file.is_some() {
+        return Err(invalid("upstream.refresh_token_file", "only with oauth_flow = \"delegated\""));
+    }
 
     let graph = if kind == K::M365Graph {
         let base_url = u.graph_url.clone().unwrap_or_else(|| GRAPH_URL.to_owned());

@@ -289,6 +289,16 @@ impl UpstreamKind {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
+pub enum OAuthFlow {
+    /// App-only tokens (client credentials with a secret or a certificate).
+    #[default]
+    App,
+    /// Delegated tokens of a signed-in user (device code flow once, then the refresh token grant).
+    Delegated,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
 pub enum SenderRewrite {
     #[default]
     Keep,
@@ -347,6 +357,12 @@ pub struct RawUpstream {
     pub client_key_file: Option<PathBuf>,
     /// Default: `https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token`.
     pub token_url: Option<String>,
+    /// `"app"` (client credentials, the default) or `"delegated"`: a user signed in once with
+    /// `sluice login` (device code flow); its refresh token is kept in `refresh_token_file`.
+    #[serde(default)]
+    pub oauth_flow: OAuthFlow,
+    /// `oauth_flow = "delegated"`: where the refresh token is kept (mode 0600, rewritten on each use).
+    pub refresh_token_file: Option<PathBuf>,
     /// Default: `https://outlook.office365.com/.default` (SMTP), `https://graph.microsoft.com/.default` (Graph).
     pub scope: Option<String>,
     /// Default: `https://graph.microsoft.com`.
