@@ -531,6 +531,9 @@ announced for the second half of 2027 (then: 550 5.7.30 Basic authentication is 
 Move to kind = \"m365-oauth\", \"m365-graph\" or \"m365-connector\".";
 
 const M365_SMTP_HOST: &str = "smtp.office365.com";
+const M365_HVE_HOST: &str = "smtp-hve.office365.com";
+/// check-config and serve say this for the kinds that reach the MX host without a mailbox (§1b, §1c).
+pub const SPF_NOTICE: &str = "the tenant's SPF record (TXT on the sender domain) must include this relay's public IP address (ip4:…), or Exchange Online treats its mail as spoofed; a certificate-based connector (m365-connector with tls_client_cert_file) does not depend on the IP";
 const OUTLOOK_SCOPE: &str = "https://outlook.office365.com/.default";
 const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
 /// Delegated scopes (reference §2): the permission, and `offline_access` for a refresh token.
@@ -575,7 +578,7 @@ fn resolve_upstream(
 
     // Per kind: host, port, who we authenticate as.
     let (host, port) = match kind {
-        K::Smtp | K::M365Connector => {
+        K::Smtp | K::M365Connector | K::M365DirectSend => {
             let host = u.host.clone().ok_or_else(|| {
                 invalid(
                     "upstream.host",
@@ -590,6 +593,9 @@ fn resolve_upstream(
         }
         K::M365Oauth | K::M365Basic => {
             (u.host.clone().unwrap_or_else(|| M365_SMTP_HOST.to_owned()), u.port.unwrap_or(default_upstream_port()))
+        }
+        K::M365Hve => {
+            (u.host.clone().unwrap_or_else(|| M365_HVE_HOST.to_owned()), u.port.unwrap_or(default_upstream_port()))
         }
         K::M365Graph => {
             not_for("host", u.host.is_some())?;
@@ -612,14 +618,41 @@ fn resolve_upstream(
             warnings.push(BASIC_AUTH_RETIREMENT.to_owned());
             Some((user, pass))
         }
-        K::M365Oauth | K::M365Graph | K::M365Connector => {
+        // HVE: the HVE account's password (basic), or app tokens (XOAUTH2) when client_id is set.
+        K::M365Hve if !oauth_keys_set => {
+            let user = mailbox.clone().ok_or_else(|| {
+                invalid("upstream.mailbox", "required: the HVE account (New-MailUser -HVEAccount) sluice signs in as")
+            })?;
+            let pass = password.ok_or_else(|| {
+                invalid("upstream.password_file", "required (or password_env, or client_id for OAuth)")
+            })?;
+            Some((user, pass))
+        }
+        K::M365Oauth | K::M365Graph | K::M365Connector | K::M365DirectSend | K::M365Hve => {
             not_for("username", u.username.is_some())?;
             not_for("password_file", password.is_some())?;
             None
         }
     };
-    if matches!(kind, K::Smtp | K::M365Basic | K::M365Connector) {
+    if matches!(kind, K::Smtp | K::M365Basic | K::M365Connector | K::M365DirectSend) {
         not_for("client_id", oauth_keys_set)?;
+    }
+    match kind {
+        K::M365DirectSend => {
+            warnings.push(
+                "upstream kind \"m365-direct-send\": Microsoft accepts direct send only for the tenant's own \
+                 recipients (external ones are refused), and tenants with RejectDirectSend refuse it \
+                 (550 5.7.68); use m365-connector or a mailbox kind for external mail"
+                    .to_owned(),
+            );
+            warnings.push(format!("upstream kind \"m365-direct-send\": {SPF_NOTICE}"));
+        }
+        K::M365Connector if u.tls_client_cert_file.is_none() => {
+            warnings.push(format!("upstream kind \"m365-connector\" authorised by IP: {SPF_NOTICE}"));
+        }
+        K::M365Hve => warnings
+            .push("upstream kind \"m365-hve\": High Volume Email is meant for recipients inside the tenant".to_owned()),
+        _ => {}
     }
     if kind != K::M365Connector {
         not_for("tls_client_cert_file", u.tls_client_cert_file.is_some() || u.tls_client_key_file.is_some())?;
@@ -627,7 +660,7 @@ fn resolve_upstream(
     if kind != K::M365Graph {
         not_for("graph_url", u.graph_url.is_some())?;
     }
-    if kind == K::M365Connector {
+    if matches!(kind, K::M365Connector | K::M365DirectSend) {
         not_for("mailbox", mailbox.is_some())?;
     }
     if u.sender_rewrite == SenderRewrite::Mailbox && !matches!(kind, K::M365Oauth | K::M365Basic | K::M365Graph) {
@@ -639,7 +672,7 @@ fn resolve_upstream(
             "AUTH would send the password unencrypted: use tls = \"starttls\" or \"implicit\"",
         ));
     }
-    if kind == K::M365Oauth && u.tls == UpstreamTls::None {
+    if matches!(kind, K::M365Oauth | K::M365Hve) && oauth_keys_set && u.tls == UpstreamTls::None {
         return Err(invalid("upstream.tls", "XOAUTH2 would send the token unencrypted: use tls = \"starttls\""));
     }
     if u.tls == UpstreamTls::None && kind != K::M365Graph {
@@ -652,7 +685,7 @@ fn resolve_upstream(
     let roots = root_store(u.ca_file.as_ref().map(|f| base.join(f)).as_deref())?;
     let https_tls = Arc::new(client_tls_with(roots.clone(), None)?);
 
-    let oauth = if matches!(kind, K::M365Oauth | K::M365Graph) {
+    let oauth = if matches!(kind, K::M365Oauth | K::M365Graph) || (kind == K::M365Hve && oauth_keys_set) {
         let mailbox_ok = mailbox.as_deref().is_some_and(|m| m.contains('@'));
         if !mailbox_ok {
             return Err(invalid("upstream.mailbox", "required: the mailbox address sluice sends as"));
@@ -818,7 +851,7 @@ fn resolve_upstream(
     };
 
     // Shaping: Exchange Online's per-mailbox limits for the Microsoft kinds; none for a generic smarthost.
-    let m365_mailbox = matches!(kind, K::M365Oauth | K::M365Basic | K::M365Graph);
+    let m365_mailbox = matches!(kind, K::M365Oauth | K::M365Basic | K::M365Graph | K::M365Hve);
     let max_connections = u.max_connections_per_mailbox.unwrap_or(if m365_mailbox { 3 } else { usize::MAX });
     if max_connections == 0 {
         return Err(invalid("upstream.max_connections_per_mailbox", "must be > 0"));

@@ -267,6 +267,12 @@ pub enum UpstreamKind {
     /// Relay through an inbound connector to the tenant's MX host (port 25), authorised by a TLS client
     /// certificate or by the relay's source IP address.
     M365Connector,
+    /// Direct send (reference §1c): the tenant's MX host on port 25, STARTTLS, no authentication; only to
+    /// the tenant's own recipients.
+    M365DirectSend,
+    /// High Volume Email (reference §1d): smtp-hve.office365.com:587, STARTTLS, with the HVE account's
+    /// password (basic) or XOAUTH2 app tokens; meant for internal recipients.
+    M365Hve,
 }
 
 impl UpstreamKind {
@@ -283,6 +289,8 @@ impl UpstreamKind {
             UpstreamKind::M365Basic => "m365-basic",
             UpstreamKind::M365Graph => "m365-graph",
             UpstreamKind::M365Connector => "m365-connector",
+            UpstreamKind::M365DirectSend => "m365-direct-send",
+            UpstreamKind::M365Hve => "m365-hve",
         }
     }
 }

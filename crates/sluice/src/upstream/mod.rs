@@ -133,8 +133,9 @@ impl Upstream {
                 let graph = config.graph.clone().expect("m365-graph has a Graph configuration");
                 Ok(Connection::Graph(graph::GraphSender::new(http, graph, tokens)))
             }
-            UpstreamKind::M365Oauth => {
-                let tokens = self.tokens.as_ref().expect("m365-oauth has OAuth configured");
+            // m365-hve with client_id: XOAUTH2 like m365-oauth; with a password it takes the path below.
+            UpstreamKind::M365Oauth | UpstreamKind::M365Hve if self.tokens.is_some() => {
+                let tokens = self.tokens.as_ref().expect("checked");
                 let user = config.mailbox.as_deref().unwrap_or_default();
                 let token = tokens.token().await?;
                 match SmtpConnection::connect_with(config, Auth::XOAuth2 { user, token: token.expose() }).await {
