@@ -376,6 +376,13 @@ impl Inner {
         if !self.upstream.kind.is_m365() {
             return (sender.to_owned(), body);
         }
+        // A DSN (null sender) through a mailbox upstream goes out as the mailbox: Microsoft refuses `<>`
+        // there. Its record keeps the null sender, so a failure is still dropped, never bounced.
+        if sender.is_empty()
+            && let Some(mailbox) = self.dsn_mailbox()
+        {
+            return (mailbox.to_owned(), body);
+        }
         if self.upstream.sender_rewrite == SenderRewrite::Mailbox
             && let Some(mailbox) = &self.upstream.mailbox
             && !sender.is_empty()
@@ -619,6 +626,14 @@ impl Inner {
         self.requeue(record);
     }
 
+    /// The mailbox DSNs are sent as, on upstreams that send as a mailbox.
+    fn dsn_mailbox(&self) -> Option<&str> {
+        use crate::config::UpstreamKind as K;
+        matches!(self.upstream.kind, K::M365Oauth | K::M365Basic | K::M365Graph | K::M365Hve)
+            .then_some(self.upstream.mailbox.as_deref())
+            .flatten()
+    }
+
     fn is_held(&self) -> bool {
         self.route.lock().expect("route lock").hold.is_some()
     }
@@ -733,6 +748,7 @@ impl Inner {
             now,
             failed,
             original: &original_body,
+            from_mailbox: self.dsn_mailbox(),
         });
         let now_ms = now_ms();
         let record = QueueRecord {
