@@ -20,8 +20,10 @@ pub(crate) struct Attachment {
 #[derive(Clone, Debug)]
 pub(crate) struct Draft {
     pub(crate) mailbox: String,
-    /// The Graph message resource as the client sent it.
+    /// The Graph message resource as the client sent it (`Null` for a MIME draft).
     pub(crate) message: serde_json::Value,
+    /// The MIME message, for a draft created from MIME (`Content-Type: text/plain`, base64).
+    pub(crate) mime: Option<Vec<u8>>,
     pub(crate) attachments: Vec<Attachment>,
 }
 

@@ -36,6 +36,9 @@ pub enum Step {
     /// A Graph sendMail request: a `reply` fault answers with its code as the HTTP status
     /// (429 adds `Retry-After`) and its text as the Graph error code.
     GraphSendMail,
+    /// A chunk PUT to a Graph attachment upload session: a `reply` fault answers with its code
+    /// as the HTTP status and its text as the error code; the chunk is not kept.
+    GraphUploadChunk,
 }
 
 /// What a fault does.
@@ -140,7 +143,8 @@ impl Faults {
     /// Fires the first fault matching `step` for a session of `mailbox` (if authenticated),
     /// counting it down; returns its action.
     pub fn take(&mut self, step: Step, mailbox: Option<&str>) -> Option<Action> {
-        let is_command = !matches!(step, Step::Connect | Step::EndOfData | Step::GraphSendMail);
+        let is_command =
+            !matches!(step, Step::Connect | Step::EndOfData | Step::GraphSendMail | Step::GraphUploadChunk);
         let idx = self.list.iter().position(|f| {
             (f.step == step || (f.step == Step::AnyCommand && is_command))
                 && f.mailbox.as_deref().is_none_or(|m| Some(m) == mailbox.map(str::to_ascii_lowercase).as_deref())

@@ -242,6 +242,12 @@ impl RunningSim {
         self.shared.messages.lock().expect("messages lock").clone()
     }
 
+    /// Drafts in the mailboxes (created, not sent, not deleted): the large-message path leaves
+    /// none behind.
+    pub fn drafts(&self) -> usize {
+        self.shared.graph.lock().expect("graph lock").drafts.len()
+    }
+
     /// Forgets the accepted messages.
     pub fn clear_messages(&self) {
         self.shared.messages.lock().expect("messages lock").clear();

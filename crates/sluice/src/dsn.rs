@@ -1,7 +1,10 @@
 //! Delivery status notifications (RFC 3464): the bounce a sender gets when a recipient failed for good.
 //!
 //! A DSN is an ordinary message from the null sender `<>` to the original envelope sender, queued and
-//! delivered like any other. It carries the original headers only (`text/rfc822-headers`), not the body,
+//! delivered like any other. Through an upstream that sends as a mailbox (`m365-oauth`, `m365-basic`,
+//! `m365-graph`, `m365-hve`) Microsoft refuses the null sender and a `MAILER-DAEMON@` From (SendAsDenied):
+//! there the From header is the mailbox ("Mail Delivery System") and the scheduler sends it with the
+//! mailbox as envelope sender; the queued record keeps the null sender, so a DSN that fails is dropped. It carries the original headers only (`text/rfc822-headers`), not the body,
 //! so bouncing a large scan does not send it back in full.
 
 use std::fmt::Write as _;
@@ -31,6 +34,9 @@ pub struct DsnInput<'a> {
     pub failed: &'a [FailedRecipient],
     /// The original message as queued; only its header section is quoted.
     pub original: &'a [u8],
+    /// The mailbox to write as the From address, when the upstream sends as a mailbox (Microsoft refuses a
+    /// `MAILER-DAEMON@` From there with SendAsDenied). `None`: `MAILER-DAEMON@{reporting_host}`.
+    pub from_mailbox: Option<&'a str>,
 }
 
 /// Builds the DSN message (CRLF line endings, ready to spool).
@@ -38,9 +44,13 @@ pub fn build(input: &DsnInput<'_>) -> Vec<u8> {
     let boundary = format!("{}/{}", input.queue_id, input.reporting_host);
     let date = input.now.to_rfc2822();
     let mut out = String::with_capacity(2048);
+    let from = match input.from_mailbox {
+        Some(mailbox) => mailbox.to_owned(),
+        None => format!("MAILER-DAEMON@{}", input.reporting_host),
+    };
     let _ = write!(
         out,
-        "From: Mail Delivery System <MAILER-DAEMON@{host}>\r\n\
+        "From: Mail Delivery System <{from}>\r\n\
          To: <{to}>\r\n\
          Subject: Undelivered Mail Returned to Sender\r\n\
          Date: {date}\r\n\
@@ -161,6 +171,7 @@ mod tests {
             now,
             failed: &failed,
             original: b"Subject: scan\r\nFrom: scanner@example.com\r\n\r\nSECRET BODY\r\n",
+            from_mailbox: None,
         });
         let text = String::from_utf8(dsn).unwrap();
         assert!(text.contains("Content-Type: multipart/report; report-type=delivery-status;"));

@@ -1,4 +1,4 @@
-//! The `sluice` command line: serve, reload, check-config, passwd.
+//! The `sluice` command line: serve, reload, check-config, login, passwd, probe, status, queue.
 
 use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
@@ -65,6 +65,16 @@ enum Command {
         #[arg(long, short, env = "SLUICE_CONFIG")]
         config: PathBuf,
     },
+    /// Sign a user in for an upstream with oauth_flow = "delegated" (device code flow): prints the page
+    /// to open and the code to enter, waits for the sign-in, and stores the refresh token (mode 0600) in
+    /// the upstream's refresh_token_file.
+    Login {
+        #[arg(long, short, env = "SLUICE_CONFIG")]
+        config: PathBuf,
+        /// The upstream to sign in for: `upstream` (the configuration's [upstream] section).
+        #[arg(default_value = "upstream")]
+        upstream: String,
+    },
     /// Read a password (prompted on a terminal, else one line of stdin) and print its argon2 hash for
     /// a [[user]] password_hash.
     Passwd,
@@ -117,6 +127,7 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => check_config(&config),
         Command::Passwd => passwd(),
         Command::Probe(args) => sluice::probe::run(args),
+        Command::Login { config, upstream } => login(&config, &upstream),
         Command::Sendmail { args } => ExitCode::from(sluice::sendmail::main(&args)),
         Command::Status { admin } => run_admin_command(async move {
             let client = admin.client()?;
@@ -332,6 +343,53 @@ fn check_config(path: &std::path::Path) -> ExitCode {
         Err(e) => {
             eprintln!("{}: {e}", path.display());
             ExitCode::from(2)
+        }
+    }
+}
+
+fn login(path: &std::path::Path, name: &str) -> ExitCode {
+    let config = match config::load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    // `[upstream]` answers to "default" and, as the single upstream's key, to "upstream".
+    let wanted = if name == "upstream" { config::DEFAULT_UPSTREAM } else { name };
+    let Some(upstream) = config.upstreams.iter().find(|u| u.name == wanted) else {
+        let names: Vec<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
+        eprintln!("sluice login: no upstream named {name:?} (the configuration has: {})", names.join(", "));
+        return ExitCode::from(2);
+    };
+    let Some(oauth) =
+        upstream.oauth.as_ref().filter(|o| matches!(o.credential, config::OAuthCredential::Delegated { .. }))
+    else {
+        eprintln!("sluice login: the upstream does not use oauth_flow = \"delegated\"");
+        return ExitCode::from(2);
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("sluice: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let http = sluice::oauth::http_client(&upstream.https_tls, upstream.connect_timeout, upstream.command_timeout);
+    let result = runtime.block_on(sluice::oauth::login(&http, oauth, |prompt| {
+        println!("To sign in, open {} and enter the code {}", prompt.verification_uri, prompt.user_code);
+        if let Some(mailbox) = &upstream.mailbox {
+            println!("Sign in as {mailbox}. Waiting for the sign-in…");
+        }
+    }));
+    match result {
+        Ok(()) => {
+            println!("Signed in. sluice can send as this user now.");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sluice login: {e}");
+            ExitCode::FAILURE
         }
     }
 }

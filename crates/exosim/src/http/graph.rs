@@ -24,7 +24,7 @@ use crate::store::{StoredMessage, SubmitPath, epoch_secs};
 use crate::tokens::{Audience, Subject, TokenError, random_hex};
 
 /// "about 4 MB" (reference §1e): Graph's request size limit.
-const MAX_REQUEST: usize = 4 * 1024 * 1024;
+pub(super) const MAX_REQUEST: usize = 4 * 1024 * 1024;
 /// Concurrent requests per mailbox per app.
 const MAX_CONCURRENT: u32 = 4;
 /// Seconds a throttled client is told to wait.

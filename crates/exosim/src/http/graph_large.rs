@@ -3,7 +3,8 @@
 //! (`…/messages/{id}/attachments/createUploadSession`, Mail.ReadWrite), PUT the bytes in chunks
 //! of at most 4 MB with `Content-Range` to the session's `uploadUrl` (which carries its own
 //! token; no Authorization header), then send the draft (`…/messages/{id}/send`, Mail.Send,
-//! `202 Accepted`).
+//! `202 Accepted`). A draft may also be created from MIME, and deleted (`DELETE …/messages/{id}`).
+//! A fault at step `graph-upload-chunk` answers a chunk PUT with its code as the status.
 //!
 //! Reply shapes follow Microsoft's documentation: 201 with the draft or the upload session,
 //! 200 with `NextExpectedRanges` after each chunk but the last, 201 with a `Location` and no
@@ -20,6 +21,7 @@ use super::graph::{authorize, error};
 use super::{Resp, json};
 use crate::directory::MAIL_SEND;
 use crate::drafts::{Attachment, Draft, Upload};
+use crate::faults::{Action, Step};
 use crate::sim::Shared;
 use crate::store::{StoredMessage, SubmitPath, epoch_secs};
 use crate::tokens::random_hex;
@@ -44,24 +46,73 @@ fn not_found() -> Resp {
     error(StatusCode::NOT_FOUND, "ErrorItemNotFound", "The specified object was not found in the store.")
 }
 
-/// `POST /v1.0/users/{upn}/messages`: a draft from a Graph message resource.
-pub(super) fn create_draft(shared: &Shared, upn: &str, authorization: Option<&str>, body: &[u8]) -> Resp {
+/// `POST /v1.0/users/{upn}/messages`: a draft from a Graph message resource (JSON), or from a
+/// MIME message (`Content-Type: text/plain`, the MIME base64-encoded, as Graph's create-message
+/// documents). The request limit of about 4 MB applies as to every Graph request.
+pub(super) fn create_draft(
+    shared: &Shared,
+    upn: &str,
+    authorization: Option<&str>,
+    content_type: &str,
+    body: &[u8],
+) -> Resp {
     let (_, mailbox) = match authorize(shared, upn, authorization, MAIL_READ_WRITE) {
         Ok(v) => v,
         Err(r) => return r,
     };
-    let Ok(message @ Value::Object(_)) = serde_json::from_slice::<Value>(body) else {
-        return error(StatusCode::BAD_REQUEST, "ErrorInvalidRequest", "Invalid JSON body.");
-    };
+    if body.len() > super::graph::MAX_REQUEST {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestBodyTooLarge",
+            "The maximum request length supported is 4MB.",
+        );
+    }
     let id = format!("AAMkA{}", random_hex(24));
-    let mut resource = message.clone();
+    let (message, mime, mut resource) = if content_type.to_ascii_lowercase().starts_with("text/plain") {
+        let compact: Vec<u8> = body.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
+        let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(compact) else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "ErrorMimeContentInvalidBase64String",
+                "Invalid base64 string for MIME content.",
+            );
+        };
+        let headers = crate::smtp::parse_headers(&raw);
+        let subject = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("subject")).map(|(_, v)| v.clone());
+        (Value::Null, Some(raw), json!({"subject": subject}))
+    } else {
+        let Ok(message @ Value::Object(_)) = serde_json::from_slice::<Value>(body) else {
+            return error(StatusCode::BAD_REQUEST, "ErrorInvalidRequest", "Invalid JSON body.");
+        };
+        (message.clone(), None, message)
+    };
     resource["@odata.context"] =
         json!(format!("https://graph.microsoft.com/v1.0/$metadata#users('{mailbox}')/messages/$entity"));
     resource["id"] = json!(id);
     resource["isDraft"] = json!(true);
     resource["hasAttachments"] = json!(false);
-    shared.graph.lock().expect("graph lock").drafts.insert(id, Draft { mailbox, message, attachments: Vec::new() });
+    shared
+        .graph
+        .lock()
+        .expect("graph lock")
+        .drafts
+        .insert(id, Draft { mailbox, message, mime, attachments: Vec::new() });
     json(StatusCode::CREATED, &resource)
+}
+
+/// `DELETE /v1.0/users/{upn}/messages/{id}`: `204 No Content`; the draft's upload sessions go with it.
+pub(super) fn delete_draft(shared: &Shared, upn: &str, draft_id: &str, authorization: Option<&str>) -> Resp {
+    let (_, mailbox) = match authorize(shared, upn, authorization, MAIL_READ_WRITE) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let mut graph = shared.graph.lock().expect("graph lock");
+    if graph.drafts.get(draft_id).is_none_or(|d| d.mailbox != mailbox) {
+        return not_found();
+    }
+    graph.drafts.remove(draft_id);
+    graph.uploads.retain(|_, u| u.draft_id != draft_id);
+    empty(StatusCode::NO_CONTENT)
 }
 
 /// `POST …/messages/{id}/attachments/createUploadSession`.
@@ -148,6 +199,7 @@ pub(super) fn put_chunk(
     });
     let now = shared.now();
     let mut graph = shared.graph.lock().expect("graph lock");
+    let graph = &mut *graph;
     let Some(upload) = graph.uploads.get_mut(session) else {
         return not_found();
     };
@@ -158,6 +210,21 @@ pub(super) fn put_chunk(
         graph.uploads.remove(session);
         return not_found();
     }
+    let mailbox = graph.drafts.get(&upload.draft_id).map(|d| d.mailbox.clone());
+    match shared.fault(Step::GraphUploadChunk, mailbox.as_deref()) {
+        Some(Action::Reply { code, text, .. }) => {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            return error(status, &text, &text);
+        }
+        Some(Action::Disconnect) => {
+            return error(StatusCode::SERVICE_UNAVAILABLE, "ServiceNotAvailable", "Service unavailable.");
+        }
+        // A delay cannot be waited for under the lock; it is not offered for this step.
+        Some(Action::Delay { .. }) | None => {}
+    }
+    let Some(upload) = graph.uploads.get_mut(session) else {
+        return not_found();
+    };
     let Some((start, end, total)) = range.and_then(content_range) else {
         return error(StatusCode::BAD_REQUEST, "InvalidRequest", "The Content-Range header is missing or malformed.");
     };
@@ -227,9 +294,19 @@ pub(super) fn send_draft(
     let Some(draft) = draft else {
         return not_found();
     };
-    let (mime, _, rcpts) = match super::graph::mime_from_message(&draft.message) {
-        Ok(v) => v,
-        Err(r) => return r,
+    let (mime, rcpts) = match draft.mime {
+        Some(mime) => {
+            let headers = crate::smtp::parse_headers(&mime);
+            let mut rcpts = Vec::new();
+            for h in ["to", "cc", "bcc"] {
+                rcpts.extend(crate::smtp::header_addresses(&headers, h).unwrap_or_default());
+            }
+            (mime, rcpts)
+        }
+        None => match super::graph::mime_from_message(&draft.message) {
+            Ok((mime, _, rcpts)) => (mime, rcpts),
+            Err(r) => return r,
+        },
     };
     if rcpts.is_empty() {
         return error(

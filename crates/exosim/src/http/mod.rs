@@ -6,7 +6,7 @@
 //!   certificate assertion, device code, refresh token; AADSTS errors) and
 //!   `POST /{tenant}/oauth2/v2.0/devicecode`.
 //! - `graph.rs`: `POST /v1.0/users/{upn}/sendMail` (Microsoft Graph), token and budget checks.
-//! - `graph_large.rs`: drafts, `createUploadSession`, chunked `PUT /upload/{session}` (standing
+//! - `graph_large.rs`: drafts (JSON or MIME; `DELETE` too), `createUploadSession`, chunked `PUT /upload/{session}` (standing
 //!   for outlook.office.com's upload URL) and `…/messages/{id}/send`.
 //! - `admin.rs`: `POST /devicelogin` (a user "signs in" with a device code), `GET|DELETE /messages`, `GET|POST|DELETE /faults`, `GET /clock`,
 //!   `POST /clock/advance`.
@@ -89,7 +89,10 @@ async fn route(shared: Arc<Shared>, peer: std::net::SocketAddr, req: Request<Inc
             graph::send_mail(shared.clone(), peer, &upn, authorization.as_deref(), &content_type, &body).await
         }
         (Method::POST, ["v1.0", "users", upn, "messages"]) => {
-            graph_large::create_draft(&shared, &percent_decode(upn), authorization.as_deref(), &body)
+            graph_large::create_draft(&shared, &percent_decode(upn), authorization.as_deref(), &content_type, &body)
+        }
+        (Method::DELETE, ["v1.0", "users", upn, "messages", id]) => {
+            graph_large::delete_draft(&shared, &percent_decode(upn), id, authorization.as_deref())
         }
         (Method::POST, ["v1.0", "users", upn, "messages", id, "attachments", "createUploadSession"]) => {
             let base = format!("https://{}", host.as_deref().unwrap_or("127.0.0.1"));

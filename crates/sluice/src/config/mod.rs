@@ -16,7 +16,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use raw::RawConfig;
-pub use raw::{ClientCertificate, Credential, ListenerTls, SenderRewrite, UpstreamKind, UpstreamTls};
+pub use raw::{ClientCertificate, Credential, ListenerTls, OAuthFlow, SenderRewrite, UpstreamKind, UpstreamTls};
 
 use crate::policy::abuse::AbuseLimits;
 use crate::policy::{CertificateRule, NetworkRule, Policy, Rules};
@@ -257,6 +257,11 @@ pub enum OAuthCredential {
         /// PKCS#8 DER of the RSA private key.
         key_pkcs8: Arc<Vec<u8>>,
     },
+    /// Delegated (`oauth_flow = "delegated"`): a public client; the refresh token of the user who signed in
+    /// with `sluice login` is read from this file and replaced by the rotated one on each use.
+    Delegated {
+        refresh_token_file: PathBuf,
+    },
 }
 
 impl fmt::Debug for OAuthCredential {
@@ -264,6 +269,9 @@ impl fmt::Debug for OAuthCredential {
         match self {
             OAuthCredential::Secret(_) => f.write_str("Secret([redacted])"),
             OAuthCredential::Certificate { .. } => f.write_str("Certificate([key redacted])"),
+            OAuthCredential::Delegated { refresh_token_file } => {
+                write!(f, "Delegated(refresh token in {})", refresh_token_file.display())
+            }
         }
     }
 }
@@ -274,6 +282,8 @@ pub struct GraphConfig {
     pub send_mail_url: String,
     /// `{graph_url}/v1.0/users`: each mailbox of a pool sends through `{users_url}/{mailbox}/sendMail`.
     pub users_url: String,
+    /// `{graph_url}/v1.0/users/{mailbox}/messages` (drafts, for large messages).
+    pub messages_url: String,
     pub save_to_sent_items: bool,
 }
 
@@ -752,8 +762,14 @@ announced for the second half of 2027 (then: 550 5.7.30 Basic authentication is 
 Move to kind = \"m365-oauth\", \"m365-graph\" or \"m365-connector\".";
 
 const M365_SMTP_HOST: &str = "smtp.office365.com";
+const M365_HVE_HOST: &str = "smtp-hve.office365.com";
+/// check-config and serve say this for the kinds that reach the MX host without a mailbox (§1b, §1c).
+pub const SPF_NOTICE: &str = "the tenant's SPF record (TXT on the sender domain) must include this relay's public IP address (ip4:…), or Exchange Online treats its mail as spoofed; a certificate-based connector (m365-connector with tls_client_cert_file) does not depend on the IP";
 const OUTLOOK_SCOPE: &str = "https://outlook.office365.com/.default";
 const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
+/// Delegated scopes (reference §2): the permission, and `offline_access` for a refresh token.
+const OUTLOOK_DELEGATED_SCOPE: &str = "https://outlook.office.com/SMTP.Send offline_access";
+const GRAPH_DELEGATED_SCOPE: &str = "https://graph.microsoft.com/Mail.Send offline_access";
 const GRAPH_URL: &str = "https://graph.microsoft.com";
 
 fn resolve_upstream(
@@ -818,7 +834,7 @@ fn resolve_upstream(
 
     // Per kind: host, port, who we authenticate as.
     let (host, port) = match kind {
-        K::Smtp | K::M365Connector => {
+        K::Smtp | K::M365Connector | K::M365DirectSend => {
             let host = u.host.clone().ok_or_else(|| {
                 invalid(
                     format!("{p}.host"),
@@ -833,6 +849,9 @@ fn resolve_upstream(
         }
         K::M365Oauth | K::M365Basic => {
             (u.host.clone().unwrap_or_else(|| M365_SMTP_HOST.to_owned()), u.port.unwrap_or(default_upstream_port()))
+        }
+        K::M365Hve => {
+            (u.host.clone().unwrap_or_else(|| M365_HVE_HOST.to_owned()), u.port.unwrap_or(default_upstream_port()))
         }
         K::M365Graph => {
             not_for("host", u.host.is_some())?;
@@ -855,14 +874,41 @@ fn resolve_upstream(
             warnings.push(BASIC_AUTH_RETIREMENT.to_owned());
             Some((user, pass))
         }
-        K::M365Oauth | K::M365Graph | K::M365Connector => {
+        // HVE: the HVE account's password (basic), or app tokens (XOAUTH2) when client_id is set.
+        K::M365Hve if !oauth_keys_set => {
+            let user = mailbox.clone().ok_or_else(|| {
+                invalid("upstream.mailbox", "required: the HVE account (New-MailUser -HVEAccount) sluice signs in as")
+            })?;
+            let pass = password.ok_or_else(|| {
+                invalid("upstream.password_file", "required (or password_env, or client_id for OAuth)")
+            })?;
+            Some((user, pass))
+        }
+        K::M365Oauth | K::M365Graph | K::M365Connector | K::M365DirectSend | K::M365Hve => {
             not_for("username", u.username.is_some())?;
             not_for("password_file", password.is_some())?;
             None
         }
     };
-    if matches!(kind, K::Smtp | K::M365Basic | K::M365Connector) {
+    if matches!(kind, K::Smtp | K::M365Basic | K::M365Connector | K::M365DirectSend) {
         not_for("client_id", oauth_keys_set)?;
+    }
+    match kind {
+        K::M365DirectSend => {
+            warnings.push(
+                "upstream kind \"m365-direct-send\": Microsoft accepts direct send only for the tenant's own \
+                 recipients (external ones are refused), and tenants with RejectDirectSend refuse it \
+                 (550 5.7.68); use m365-connector or a mailbox kind for external mail"
+                    .to_owned(),
+            );
+            warnings.push(format!("upstream kind \"m365-direct-send\": {SPF_NOTICE}"));
+        }
+        K::M365Connector if u.tls_client_cert_file.is_none() => {
+            warnings.push(format!("upstream kind \"m365-connector\" authorised by IP: {SPF_NOTICE}"));
+        }
+        K::M365Hve => warnings
+            .push("upstream kind \"m365-hve\": High Volume Email is meant for recipients inside the tenant".to_owned()),
+        _ => {}
     }
     if kind != K::M365Connector {
         not_for("tls_client_cert_file", u.tls_client_cert_file.is_some() || u.tls_client_key_file.is_some())?;
@@ -870,7 +916,7 @@ fn resolve_upstream(
     if kind != K::M365Graph {
         not_for("graph_url", u.graph_url.is_some())?;
     }
-    if kind == K::M365Connector {
+    if matches!(kind, K::M365Connector | K::M365DirectSend) {
         not_for("mailbox", mailbox.is_some())?;
     }
     if u.sender_rewrite == SenderRewrite::Mailbox && !matches!(kind, K::M365Oauth | K::M365Basic | K::M365Graph) {
@@ -882,7 +928,7 @@ fn resolve_upstream(
             "AUTH would send the password unencrypted: use tls = \"starttls\" or \"implicit\"",
         ));
     }
-    if kind == K::M365Oauth && u.tls == UpstreamTls::None {
+    if matches!(kind, K::M365Oauth | K::M365Hve) && oauth_keys_set && u.tls == UpstreamTls::None {
         return Err(invalid(format!("{p}.tls"), "XOAUTH2 would send the token unencrypted: use tls = \"starttls\""));
     }
     if u.tls == UpstreamTls::None && kind != K::M365Graph {
@@ -895,7 +941,7 @@ fn resolve_upstream(
     let roots = root_store(u.ca_file.as_ref().map(|f| base.join(f)).as_deref(), p)?;
     let https_tls = Arc::new(client_tls_with(roots.clone(), None, p)?);
 
-    let oauth = if matches!(kind, K::M365Oauth | K::M365Graph) {
+    let oauth = if matches!(kind, K::M365Oauth | K::M365Graph) || (kind == K::M365Hve && oauth_keys_set) {
         let mailbox_ok = mailbox.as_deref().is_some_and(|m| m.contains('@'));
         if !mailbox_ok {
             return Err(invalid(format!("{p}.mailbox"), "required: the mailbox address sluice sends as"));
@@ -916,7 +962,20 @@ fn resolve_upstream(
             &format!("{p}.client_secret_file"),
             &format!("{p}.client_secret_env"),
         )?;
+        let delegated = u.oauth_flow == OAuthFlow::Delegated;
         let credential = match (secret, &u.client_certificate_file, &u.client_key_file) {
+            (None, None, None) if delegated => {
+                let file = u.refresh_token_file.as_ref().ok_or_else(|| {
+                    invalid("upstream.refresh_token_file", "required with oauth_flow = \"delegated\"")
+                })?;
+                OAuthCredential::Delegated { refresh_token_file: base.join(file) }
+            }
+            _ if delegated => {
+                return Err(invalid(
+                    "upstream.oauth_flow",
+                    "\"delegated\" signs in as a user through a public client: no client secret or certificate",
+                ));
+            }
             (Some(_), Some(_), _) => {
                 return Err(invalid(
                     format!("{p}.client_certificate_file"),
@@ -958,15 +1017,24 @@ fn resolve_upstream(
                 ));
             }
         };
-        let scope = u
-            .scope
-            .clone()
-            .unwrap_or_else(|| if kind == K::M365Graph { GRAPH_SCOPE.to_owned() } else { OUTLOOK_SCOPE.to_owned() });
+        let scope = u.scope.clone().unwrap_or_else(|| {
+            match (kind, delegated) {
+                (K::M365Graph, false) => GRAPH_SCOPE,
+                (K::M365Graph, true) => GRAPH_DELEGATED_SCOPE,
+                (_, false) => OUTLOOK_SCOPE,
+                (_, true) => OUTLOOK_DELEGATED_SCOPE,
+            }
+            .to_owned()
+        });
         Some(OAuthConfig { token_url, client_id, scope, credential })
     } else {
         not_for("scope", u.scope.is_some())?;
+        not_for("oauth_flow", u.oauth_flow != OAuthFlow::App)?;
         None
     };
+    if u.oauth_flow != OAuthFlow::Delegated && u.refresh_token_file.is_some() {
+        return Err(invalid("upstream.refresh_token_file", "only with oauth_flow = \"delegated\""));
+    }
 
     let graph = if kind == K::M365Graph {
         let base_url = u.graph_url.clone().unwrap_or_else(|| GRAPH_URL.to_owned());
@@ -979,12 +1047,13 @@ fn resolve_upstream(
             // Graph's MIME form of sendMail takes no parameters besides the message: Exchange saves the
             // copy. Say so rather than pretend.
             warnings.push(format!(
-                "{p}.save_to_sent_items = false: Graph's MIME sendMail has no saveToSentItems parameter; \
-                 Exchange Online keeps a copy in Sent Items anyway"
+                "{p}.save_to_sent_items = false: neither Graph's MIME sendMail nor the send of a draft (large \
+                 messages) takes a saveToSentItems parameter; Exchange Online keeps a copy in Sent Items anyway"
             ));
         }
         Some(GraphConfig {
             send_mail_url: format!("{users_url}/{user}/sendMail"),
+            messages_url: format!("{users_url}/{user}/messages"),
             users_url,
             save_to_sent_items: u.save_to_sent_items,
         })
@@ -1043,7 +1112,7 @@ fn resolve_upstream(
     };
 
     // Shaping: Exchange Online's per-mailbox limits for the Microsoft kinds; none for a generic smarthost.
-    let m365_mailbox = matches!(kind, K::M365Oauth | K::M365Basic | K::M365Graph);
+    let m365_mailbox = matches!(kind, K::M365Oauth | K::M365Basic | K::M365Graph | K::M365Hve);
     let max_connections = u.max_connections_per_mailbox.unwrap_or(if m365_mailbox { 3 } else { usize::MAX });
     if max_connections == 0 {
         return Err(invalid(format!("{p}.max_connections_per_mailbox"), "must be > 0"));

@@ -357,6 +357,12 @@ pub enum UpstreamKind {
     /// Relay through an inbound connector to the tenant's MX host (port 25), authorised by a TLS client
     /// certificate or by the relay's source IP address.
     M365Connector,
+    /// Direct send (reference §1c): the tenant's MX host on port 25, STARTTLS, no authentication; only to
+    /// the tenant's own recipients.
+    M365DirectSend,
+    /// High Volume Email (reference §1d): smtp-hve.office365.com:587, STARTTLS, with the HVE account's
+    /// password (basic) or XOAUTH2 app tokens; meant for internal recipients.
+    M365Hve,
 }
 
 impl UpstreamKind {
@@ -373,8 +379,20 @@ impl UpstreamKind {
             UpstreamKind::M365Basic => "m365-basic",
             UpstreamKind::M365Graph => "m365-graph",
             UpstreamKind::M365Connector => "m365-connector",
+            UpstreamKind::M365DirectSend => "m365-direct-send",
+            UpstreamKind::M365Hve => "m365-hve",
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OAuthFlow {
+    /// App-only tokens (client credentials with a secret or a certificate).
+    #[default]
+    App,
+    /// Delegated tokens of a signed-in user (device code flow once, then the refresh token grant).
+    Delegated,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
@@ -443,6 +461,12 @@ pub struct RawUpstream {
     pub client_key_file: Option<PathBuf>,
     /// Default: `https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token`.
     pub token_url: Option<String>,
+    /// `"app"` (client credentials, the default) or `"delegated"`: a user signed in once with
+    /// `sluice login` (device code flow); its refresh token is kept in `refresh_token_file`.
+    #[serde(default)]
+    pub oauth_flow: OAuthFlow,
+    /// `oauth_flow = "delegated"`: where the refresh token is kept (mode 0600, rewritten on each use).
+    pub refresh_token_file: Option<PathBuf>,
     /// Default: `https://outlook.office365.com/.default` (SMTP), `https://graph.microsoft.com/.default` (Graph).
     pub scope: Option<String>,
     /// Default: `https://graph.microsoft.com`.

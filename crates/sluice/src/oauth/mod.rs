@@ -6,8 +6,15 @@
 //! a token in its last minutes), or when the server refused it ([`TokenSource::invalidate`], after
 //! `535 5.7.3`). Concurrent callers wait for one request instead of each sending their own.
 //!
+//! With `oauth_flow = "delegated"` the tokens are a user's: `sluice login` runs the device code flow once
+//! ([`login`]) and keeps the refresh token in a file (mode 0600, replaced atomically); each fetch redeems
+//! it with the refresh token grant and writes back the rotated one (refresh tokens rotate on every use,
+//! reference §2). No refresh token, or one Entra refuses, holds the route with an error that says to run
+//! `sluice login`.
+//!
 //! Tokens and secrets are [`Secret`]s: nothing here logs them, and their `Debug` is redacted.
 
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -50,6 +57,8 @@ pub struct TokenSource {
 #[derive(Deserialize)]
 struct TokenResponse {
     access_token: String,
+    #[serde(default)]
+    refresh_token: Option<String>,
     #[serde(default)]
     expires_in: Option<u64>,
 }
@@ -107,55 +116,240 @@ impl TokenSource {
 
     async fn fetch(&self) -> Result<(Secret, Duration), TokenError> {
         let c = &self.config;
+        let delegated_file = match &c.credential {
+            OAuthCredential::Delegated { refresh_token_file } => Some(refresh_token_file.clone()),
+            _ => None,
+        };
+        let refresh = match &delegated_file {
+            Some(file) => Some(read_refresh_token(file)?),
+            None => None,
+        };
         // Built in a block: the serializer is not Send and must not live across the await below.
         let body = {
             let mut form = form_urlencoded::Serializer::new(String::new());
-            form.append_pair("client_id", &c.client_id)
-                .append_pair("scope", &c.scope)
-                .append_pair("grant_type", "client_credentials");
+            form.append_pair("client_id", &c.client_id).append_pair("scope", &c.scope);
             match &c.credential {
+                OAuthCredential::Delegated { .. } => {
+                    let refresh = refresh.as_ref().expect("read above");
+                    form.append_pair("grant_type", "refresh_token").append_pair("refresh_token", refresh.expose());
+                }
                 OAuthCredential::Secret(secret) => {
-                    form.append_pair("client_secret", secret.expose());
+                    form.append_pair("grant_type", "client_credentials").append_pair("client_secret", secret.expose());
                 }
                 OAuthCredential::Certificate { cert_der, key_pkcs8 } => {
                     let assertion = client_assertion(&c.client_id, &c.token_url, cert_der, key_pkcs8).map_err(|e| {
                         TokenError::Refused { status: 0, error: "client_assertion".into(), description: e }
                     })?;
-                    form.append_pair("client_assertion_type", JWT_BEARER).append_pair("client_assertion", &assertion);
+                    form.append_pair("grant_type", "client_credentials")
+                        .append_pair("client_assertion_type", JWT_BEARER)
+                        .append_pair("client_assertion", &assertion);
                 }
             }
             form.finish()
         };
-        let response = self
-            .http
-            .post(&c.token_url)
-            .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| TokenError::Unavailable(error_chain(&e)))?;
-        let status = response.status().as_u16();
-        let bytes = response.bytes().await.map_err(|e| TokenError::Unavailable(error_chain(&e)))?;
-        if (200..300).contains(&status) {
-            let parsed: TokenResponse = serde_json::from_slice(&bytes)
-                .map_err(|e| TokenError::Unavailable(format!("unreadable token response: {e}")))?;
-            // Entra says 3599 for client credentials; without a value assume the shortest documented life.
-            let lifetime = Duration::from_secs(parsed.expires_in.unwrap_or(3600).max(1));
-            info!(client_id = %c.client_id, scope = %c.scope, expires_in = lifetime.as_secs(), "access token obtained");
-            return Ok((Secret::new(parsed.access_token), lifetime));
-        }
-        let err: ErrorResponse = serde_json::from_slice(&bytes).unwrap_or_default();
-        if status == 429 || status >= 500 || err.error.is_empty() {
-            return Err(TokenError::Unavailable(format!(
-                "HTTP {status} {}",
-                if err.error.is_empty() {
-                    String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned()
-                } else {
-                    err.error_description
+        let parsed = match post_form(&self.http, &c.token_url, body).await {
+            Err(TokenError::Refused { status, error, description }) if delegated_file.is_some() => {
+                return Err(TokenError::Refused {
+                    status,
+                    error,
+                    description: format!(
+                        "{description} (the signed-in user's refresh token: run `sluice login <upstream name>`)"
+                    ),
+                });
+            }
+            other => other?,
+        };
+        if let Some(file) = &delegated_file {
+            // Refresh tokens rotate on every use: the new one replaces the old before the access token is used.
+            match &parsed.refresh_token {
+                Some(rotated) => store_refresh_token(file, rotated).map_err(|e| {
+                    TokenError::Unavailable(format!(
+                        "cannot store the rotated refresh token in {}: {e}",
+                        file.display()
+                    ))
+                })?,
+                None => {
+                    warn!(file = %file.display(), "the token endpoint sent no new refresh token; keeping the old one")
                 }
-            )));
+            }
         }
-        Err(TokenError::Refused { status, error: err.error, description: err.error_description })
+        // Entra says 3599 for client credentials; without a value assume the shortest documented life.
+        let lifetime = Duration::from_secs(parsed.expires_in.unwrap_or(3600).max(1));
+        info!(client_id = %c.client_id, scope = %c.scope, expires_in = lifetime.as_secs(), "access token obtained");
+        Ok((Secret::new(parsed.access_token), lifetime))
+    }
+}
+
+/// POSTs a form to the token endpoint: the token response, or why not.
+async fn post_form(http: &reqwest::Client, url: &str, body: String) -> Result<TokenResponse, TokenError> {
+    let response = http
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| TokenError::Unavailable(error_chain(&e)))?;
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await.map_err(|e| TokenError::Unavailable(error_chain(&e)))?;
+    if (200..300).contains(&status) {
+        return serde_json::from_slice(&bytes)
+            .map_err(|e| TokenError::Unavailable(format!("unreadable token response: {e}")));
+    }
+    let err: ErrorResponse = serde_json::from_slice(&bytes).unwrap_or_default();
+    if status == 429 || status >= 500 || err.error.is_empty() {
+        return Err(TokenError::Unavailable(format!(
+            "HTTP {status} {}",
+            if err.error.is_empty() {
+                String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned()
+            } else {
+                err.error_description
+            }
+        )));
+    }
+    Err(TokenError::Refused { status, error: err.error, description: err.error_description })
+}
+
+/// The refresh token `sluice login` stored. Missing or empty: the route is held until someone signs in.
+pub fn read_refresh_token(file: &Path) -> Result<Secret, TokenError> {
+    let refused = |why: String| TokenError::Refused {
+        status: 0,
+        error: "no_refresh_token".into(),
+        description: format!("{why}: run `sluice login <upstream name>` to sign in"),
+    };
+    match std::fs::read_to_string(file) {
+        Ok(text) if !text.trim().is_empty() => Ok(Secret::new(text.trim().to_owned())),
+        Ok(_) => Err(refused(format!("{} is empty", file.display()))),
+        Err(e) => Err(refused(format!("no refresh token in {} ({e})", file.display()))),
+    }
+}
+
+/// Replaces the refresh token file atomically (temporary file with mode 0600, fsync, rename, fsync of
+/// the directory): a crash leaves the old token or the new one, never half of one.
+pub fn store_refresh_token(file: &Path, token: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = file.file_name().ok_or_else(|| std::io::Error::other("not a file name"))?;
+    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        // The mode of a file that already existed is not changed by open: set it.
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        f.write_all(token.as_bytes())?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, file)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// What `sluice login` shows the person signing in.
+#[derive(Debug, Clone)]
+pub struct DevicePrompt {
+    pub verification_uri: String,
+    pub user_code: String,
+    /// Entra's own sentence, when it sent one.
+    pub message: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct DeviceCodeResponse {
+    device_code: String,
+    user_code: String,
+    verification_uri: String,
+    #[serde(default)]
+    interval: Option<u64>,
+    #[serde(default)]
+    expires_in: Option<u64>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+/// The device code flow (reference §2): asks for a code, hands the prompt to `show`, polls the token
+/// endpoint until the user has signed in, and stores the refresh token in the configured file.
+pub async fn login(
+    http: &reqwest::Client,
+    config: &OAuthConfig,
+    show: impl FnOnce(&DevicePrompt),
+) -> Result<(), TokenError> {
+    let OAuthCredential::Delegated { refresh_token_file } = &config.credential else {
+        return Err(TokenError::Refused {
+            status: 0,
+            error: "not_delegated".into(),
+            description: "sluice login needs oauth_flow = \"delegated\" on the upstream".into(),
+        });
+    };
+    let devicecode_url = match config.token_url.strip_suffix("/token") {
+        Some(base) => format!("{base}/devicecode"),
+        None => return Err(TokenError::Unavailable(format!("{}: not a /token URL", config.token_url))),
+    };
+    let body = form_urlencoded::Serializer::new(String::new())
+        .append_pair("client_id", &config.client_id)
+        .append_pair("scope", &config.scope)
+        .finish();
+    let response = http
+        .post(&devicecode_url)
+        .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| TokenError::Unavailable(error_chain(&e)))?;
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await.map_err(|e| TokenError::Unavailable(error_chain(&e)))?;
+    if !(200..300).contains(&status) {
+        let err: ErrorResponse = serde_json::from_slice(&bytes).unwrap_or_default();
+        return Err(TokenError::Refused { status, error: err.error, description: err.error_description });
+    }
+    let device: DeviceCodeResponse = serde_json::from_slice(&bytes)
+        .map_err(|e| TokenError::Unavailable(format!("unreadable device code response: {e}")))?;
+    show(&DevicePrompt {
+        verification_uri: device.verification_uri.clone(),
+        user_code: device.user_code.clone(),
+        message: device.message.clone(),
+    });
+    let mut interval = Duration::from_secs(device.interval.unwrap_or(5).max(1));
+    let deadline = Instant::now() + Duration::from_secs(device.expires_in.unwrap_or(900));
+    loop {
+        tokio::time::sleep(interval).await;
+        let body = form_urlencoded::Serializer::new(String::new())
+            .append_pair("client_id", &config.client_id)
+            .append_pair("grant_type", "urn:ietf:params:oauth:grant-type:device_code")
+            .append_pair("device_code", &device.device_code)
+            .finish();
+        match post_form(http, &config.token_url, body).await {
+            Ok(tokens) => {
+                let refresh = tokens.refresh_token.ok_or_else(|| TokenError::Refused {
+                    status: 200,
+                    error: "no_refresh_token".into(),
+                    description: "signed in, but no refresh token came back (is offline_access in the scope?)".into(),
+                })?;
+                store_refresh_token(refresh_token_file, &refresh).map_err(|e| {
+                    TokenError::Unavailable(format!(
+                        "cannot store the refresh token in {}: {e}",
+                        refresh_token_file.display()
+                    ))
+                })?;
+                info!(file = %refresh_token_file.display(), "signed in; refresh token stored");
+                return Ok(());
+            }
+            Err(TokenError::Refused { error, .. }) if error == "authorization_pending" => {}
+            Err(TokenError::Refused { error, .. }) if error == "slow_down" => interval += Duration::from_secs(5),
+            Err(TokenError::Unavailable(reason)) if Instant::now() < deadline => {
+                warn!(%reason, "token endpoint unavailable while waiting for the sign-in; polling on");
+            }
+            Err(e) => return Err(e),
+        }
+        if Instant::now() >= deadline {
+            return Err(TokenError::Refused {
+                status: 0,
+                error: "expired_token".into(),
+                description: "nobody signed in before the code expired; run sluice login again".into(),
+            });
+        }
     }
 }
 

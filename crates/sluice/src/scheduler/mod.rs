@@ -24,7 +24,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::{SenderRewrite, UpstreamConfig};
+use crate::config::{SenderRewrite, UpstreamConfig, UpstreamKind};
 use crate::dsn::{self, DsnInput, FailedRecipient};
 use crate::routing::{RouteChoice, RouteRequest, Routing};
 use crate::spool::{QueueRecord, RECORD_VERSION, RecipientState, RecipientStatus, Spool, now_ms};
@@ -933,6 +933,16 @@ impl Inner {
         self.requeue(record);
     }
 
+    /// The mailbox DSNs go out as, on upstreams that send as a mailbox: Microsoft refuses the null sender
+    /// and a MAILER-DAEMON From there. The DSN is pinned to it, so the From matches the mailbox that sends.
+    fn dsn_mailbox(&self, lane: usize) -> Option<String> {
+        use crate::config::UpstreamKind as K;
+        let upstream = &self.lanes[lane].upstream;
+        matches!(upstream.kind, K::M365Oauth | K::M365Basic | K::M365Graph | K::M365Hve)
+            .then(|| upstream.mailbox.clone())
+            .flatten()
+    }
+
     fn is_held(&self, lane: usize) -> bool {
         self.lanes[lane].route.lock().expect("route lock").hold.is_some()
     }
@@ -1047,6 +1057,7 @@ impl Inner {
         let now = Utc::now();
         let arrival = Utc.timestamp_millis_opt(original.received_at_ms as i64).single().unwrap_or(now);
         let upstream = self.lanes[lane].upstream.display_name();
+        let dsn_mailbox = self.dsn_mailbox(lane);
         let body = dsn::build(&DsnInput {
             reporting_host: &self.hostname,
             remote_mta: Some(&upstream),
@@ -1056,6 +1067,7 @@ impl Inner {
             now,
             failed,
             original: &original_body,
+            from_mailbox: dsn_mailbox.as_deref(),
         });
         let now_ms = now_ms();
         let record = QueueRecord {
@@ -1075,7 +1087,11 @@ impl Inner {
             eight_bit: body.iter().any(|b| *b >= 0x80),
             smtputf8: !original.sender.is_ascii(),
             client: format!("DSN for {}", original.id),
-            route: Some(RouteChoice::to(&self.lanes[lane].upstream.name)),
+            route: Some(RouteChoice {
+                upstream: self.lanes[lane].upstream.name.clone(),
+                mailbox: dsn_mailbox,
+                sender_rewrite: None,
+            }),
         };
         let spool = self.spool.clone();
         let to_commit = record.clone();
@@ -1101,6 +1117,17 @@ fn prepare_sender(
     use crate::upstream::rewrite;
     if !upstream.kind.is_m365() {
         return (sender.to_owned(), body);
+    }
+    // A DSN (null sender) through a mailbox upstream goes out as the mailbox (its From already is, see
+    // `dsn_mailbox`). Its record keeps the null sender, so a failure is still dropped, never bounced.
+    if sender.is_empty()
+        && let Some(mailbox) = mailbox
+        && matches!(
+            upstream.kind,
+            UpstreamKind::M365Oauth | UpstreamKind::M365Basic | UpstreamKind::M365Graph | UpstreamKind::M365Hve
+        )
+    {
+        return (mailbox.to_owned(), body);
     }
     if rewrite == SenderRewrite::Mailbox
         && let Some(mailbox) = mailbox

@@ -6,6 +6,9 @@
 //! recipients of the original submission, which a client never writes into the message) are added in a
 //! `Bcc:` header, as Microsoft documents for MIME sends; Exchange removes it before delivery.
 //!
+//! Messages over [`SEND_MAIL_LIMIT`] go through a draft and attachment upload sessions instead
+//! (`graph_large.rs`), with the same MIME.
+//!
 //! Every HTTP answer becomes an [`Outcome::Http`] for every recipient and goes through the one classifier.
 //! `Retry-After` (429, 503) travels with it to the scheduler.
 
@@ -19,11 +22,35 @@ use super::{Envelope, Outcome, TransportError};
 use crate::config::GraphConfig;
 use crate::oauth::{TokenSource, error_chain};
 
+/// Messages larger than this (after the envelope's `Bcc:` is added) go through a draft: their base64
+/// would be over Graph's request limit of about 4 MB (reference §1e: larger messages, 3–150 MB, take the
+/// draft and upload-session path).
+pub const SEND_MAIL_LIMIT: usize = 3 * 1024 * 1024;
+
 pub struct GraphSender {
-    http: reqwest::Client,
-    config: GraphConfig,
-    tokens: Arc<TokenSource>,
+    pub(super) http: reqwest::Client,
+    pub(super) config: GraphConfig,
+    pub(super) tokens: Arc<TokenSource>,
     pub transactions: usize,
+}
+
+/// Graph's answer to one request.
+pub(super) struct Answer {
+    pub status: u16,
+    pub retry_after: Option<Duration>,
+    pub text: String,
+}
+
+impl Answer {
+    pub fn ok(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// The answer as an outcome for the classifier; `step` names the request in the reason.
+    pub fn outcome(&self, step: &str) -> Outcome {
+        let reason = if self.ok() { "Accepted".to_owned() } else { format!("{step}: {}", graph_error(&self.text)) };
+        Outcome::Http { status: self.status, reason, retry_after: self.retry_after }
+    }
 }
 
 impl GraphSender {
@@ -47,50 +74,84 @@ impl GraphSender {
                 "Graph sendMail: the message's headers name recipients outside its envelope; Graph sends to them too"
             );
         }
+        if mime.len() > SEND_MAIL_LIMIT {
+            let outcome = super::graph_large::send_large(self, &mime).await?;
+            return Ok(vec![outcome; n]);
+        }
         let payload = base64::engine::general_purpose::STANDARD.encode(&mime);
+        let answer = self
+            .request(
+                reqwest::Method::POST,
+                &self.config.send_mail_url,
+                true,
+                Some("text/plain"),
+                &[],
+                payload.as_bytes(),
+            )
+            .await?;
+        Ok(vec![answer.outcome("sendMail"); n])
+    }
+
+    /// One Graph request. With `authorize`, it carries the cached token; a 401 drops that token and the
+    /// request is made once more with a fresh one before its answer is judged (an expired or revoked
+    /// token). Transport trouble is an error; every HTTP answer is returned.
+    pub(super) async fn request(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        authorize: bool,
+        content_type: Option<&str>,
+        headers: &[(reqwest::header::HeaderName, String)],
+        body: &[u8],
+    ) -> Result<Answer, TransportError> {
         let mut retried = false;
         loop {
-            let token = self.tokens.token().await?;
-            let response = self
-                .http
-                .post(&self.config.send_mail_url)
-                .bearer_auth(token.expose())
-                .header(reqwest::header::CONTENT_TYPE, "text/plain")
-                .body(payload.clone())
-                .send()
-                .await
-                .map_err(|e| {
-                    if e.is_connect() {
-                        TransportError::Connect(error_chain(&e))
-                    } else if e.is_timeout() {
-                        TransportError::Timeout("Graph sendMail")
-                    } else {
-                        TransportError::Io(error_chain(&e))
-                    }
-                })?;
+            let mut builder = self.http.request(method.clone(), url);
+            let token = if authorize {
+                let token = self.tokens.token().await?;
+                builder = builder.bearer_auth(token.expose());
+                Some(token)
+            } else {
+                None
+            };
+            if let Some(ct) = content_type {
+                builder = builder.header(reqwest::header::CONTENT_TYPE, ct);
+            }
+            for (name, value) in headers {
+                builder = builder.header(name, value);
+            }
+            let response = builder.body(body.to_vec()).send().await.map_err(|e| {
+                if e.is_connect() {
+                    TransportError::Connect(error_chain(&e))
+                } else if e.is_timeout() {
+                    TransportError::Timeout("a Graph request")
+                } else {
+                    TransportError::Io(error_chain(&e))
+                }
+            })?;
             let status = response.status().as_u16();
-            let retry_after = response
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
+            let header =
+                |name| response.headers().get(name).and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok());
+            let retry_after = header(reqwest::header::RETRY_AFTER)
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(Duration::from_secs);
             let text = response.text().await.unwrap_or_default();
-            if status == 401 && !retried {
-                // An expired or revoked token: fetch a new one and try once more before judging.
+            if status == 401
+                && !retried
+                && let Some(token) = &token
+            {
                 info!("Graph refused the token; fetching a new one and trying once more");
-                self.tokens.invalidate(&token).await;
+                self.tokens.invalidate(token).await;
                 retried = true;
                 continue;
             }
-            let reason = if (200..300).contains(&status) { "Accepted".to_owned() } else { graph_error(&text) };
-            return Ok(vec![Outcome::Http { status, reason, retry_after }; n]);
+            return Ok(Answer { status, retry_after, text });
         }
     }
 }
 
 /// "code: message" from Graph's `{"error":{"code","message"}}`, or the start of the body.
-fn graph_error(body: &str) -> String {
+pub(super) fn graph_error(body: &str) -> String {
     let parsed: Option<(String, String)> = serde_json::from_str::<serde_json::Value>(body).ok().and_then(|v| {
         let e = v.get("error")?;
         Some((e.get("code")?.as_str()?.to_owned(), e.get("message").and_then(|m| m.as_str()).unwrap_or("").to_owned()))
@@ -102,7 +163,7 @@ fn graph_error(body: &str) -> String {
 }
 
 /// The header section (up to the first empty line), unfolded into (name, value) pairs.
-fn headers(message: &[u8]) -> Vec<(String, String)> {
+pub(super) fn headers(message: &[u8]) -> Vec<(String, String)> {
     let end = message.windows(4).position(|w| w == b"\r\n\r\n").map_or(message.len(), |p| p + 2);
     let text = String::from_utf8_lossy(&message[..end]);
     let mut out: Vec<(String, String)> = Vec::new();

@@ -169,6 +169,10 @@ fn http_verdict(status: u16, reason: &str) -> Option<Verdict> {
         403 if reason.contains("SendAsDenied") => v("Graph SendAs denied", Permanent, Bounce),
         403 => v("Graph access denied", Temporary, Hold),
         404 if reason.contains("ErrorInvalidUser") => v("Graph unknown mailbox", Temporary, Hold),
+        // The large-message path: a draft or upload session that expired or vanished between steps, or a
+        // chunk out of step. Our transfer failed, not the message: start again later.
+        404 if reason.contains("ErrorItemNotFound") => v("Graph draft or upload session lost", Temporary, Retry),
+        416 => v("Graph upload range refused", Temporary, Retry),
         _ => None,
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod classify;
 pub mod graph;
+pub mod graph_large;
 pub mod microsoft;
 pub mod rewrite;
 pub mod smtp;
@@ -139,11 +140,13 @@ impl Upstream {
                 let mut graph = config.graph.clone().expect("m365-graph has a Graph configuration");
                 if let Some(mailbox) = mailbox {
                     graph.send_mail_url = format!("{}/{mailbox}/sendMail", graph.users_url);
+                    graph.messages_url = format!("{}/{mailbox}/messages", graph.users_url);
                 }
                 Ok(Connection::Graph(graph::GraphSender::new(http, graph, tokens)))
             }
-            UpstreamKind::M365Oauth => {
-                let tokens = self.tokens.as_ref().expect("m365-oauth has OAuth configured");
+            // m365-hve with client_id: XOAUTH2 like m365-oauth; with a password it takes the path below.
+            UpstreamKind::M365Oauth | UpstreamKind::M365Hve if self.tokens.is_some() => {
+                let tokens = self.tokens.as_ref().expect("checked");
                 let user = mailbox.unwrap_or_default();
                 let token = tokens.token().await?;
                 match SmtpConnection::connect_with(config, Auth::XOAuth2 { user, token: token.expose() }).await {
