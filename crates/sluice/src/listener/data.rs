@@ -165,6 +165,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 self.state.peer.ip(),
                 self.state.auth_user.as_ref().map(|u| format!(" user={u}")).unwrap_or_default()
             ),
+            admin_hold: None,
         };
 
         let spool = self.state.ctx.shared.spool.clone();

@@ -10,6 +10,7 @@
 //! mailbox can be paused (too many connections, daily quota); envelopes are split. [`shaper`] keeps each
 //! mailbox within Microsoft's rates, making mail wait rather than fail.
 
+pub mod control;
 pub mod retry;
 pub mod shaper;
 
@@ -120,6 +121,9 @@ struct Queue {
     due: BinaryHeap<Reverse<(u64, String)>>,
     /// Messages waiting for their next attempt (not the ones a worker holds right now).
     waiting: HashMap<String, QueueRecord>,
+    /// Messages out of `waiting` in someone's hands: a worker's attempt, or an admin action writing the
+    /// spool (`control.rs`). A snapshot as taken, for listings; the holder has the live record.
+    active: HashMap<String, QueueRecord>,
 }
 
 enum Next {
@@ -261,6 +265,7 @@ impl Inner {
             }
             queue.due.pop();
             let record = queue.waiting.remove(&id).expect("checked above");
+            queue.active.insert(id, record.clone());
             if queue.due.peek().is_some_and(|Reverse((d, _))| *d <= now) {
                 // More is due: let another worker start on it in parallel.
                 self.wake.notify_one();
@@ -692,6 +697,7 @@ impl Inner {
                 }
                 Err(e) => error!(queue_id = %record.id, error = %e, "remove task failed"),
             }
+            self.queue.lock().expect("queue lock").active.remove(&record.id);
             return bounce_id;
         }
         let to_write = record.clone();
@@ -708,6 +714,7 @@ impl Inner {
     fn requeue(&self, record: QueueRecord) {
         {
             let mut queue = self.queue.lock().expect("queue lock");
+            queue.active.remove(&record.id);
             queue.due.push(Reverse((record.next_attempt_ms, record.id.clone())));
             queue.waiting.insert(record.id.clone(), record);
         }
@@ -752,6 +759,7 @@ impl Inner {
             eight_bit: body.iter().any(|b| *b >= 0x80),
             smtputf8: !original.sender.is_ascii(),
             client: format!("DSN for {}", original.id),
+            admin_hold: None,
         };
         let spool = self.spool.clone();
         let to_commit = record.clone();

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub use record::{QueueRecord, RECORD_VERSION, RecipientState, RecipientStatus};
+pub use record::{AdminHold, HELD_UNTIL_RELEASED, QueueRecord, RECORD_VERSION, RecipientState, RecipientStatus};
 
 const TMP: &str = "tmp";
 const QUEUE: &str = "queue";
@@ -365,6 +365,7 @@ mod tests {
             eight_bit: false,
             smtputf8: false,
             client: "test".into(),
+            admin_hold: None,
         }
     }
 
