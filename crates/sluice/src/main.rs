@@ -24,10 +24,10 @@ struct Cli {
 #[derive(clap::Args)]
 struct AdminArgs {
     /// The relay's configuration (its spool directory tells where the admin interface listens).
-    #[arg(long, short, env = "SLUICE_CONFIG")]
+    #[arg(long, short, env = "SLUICE_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// The admin interface's URL, instead of looking it up in the spool directory.
-    #[arg(long, env = "SLUICE_ADMIN_URL")]
+    #[arg(long, env = "SLUICE_ADMIN_URL", global = true)]
     admin_url: Option<String>,
 }
 
@@ -65,6 +65,14 @@ enum Command {
     Status {
         #[command(flatten)]
         admin: AdminArgs,
+    },
+    /// Look at and steer the running relay's queue: list, show, retry, hold, release, delete, bounce,
+    /// flush, summary.
+    Queue {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        command: sluice::cli::queue::QueueCommand,
     },
     /// Submit a message the way sendmail does (also what runs when sluice is installed as `sendmail`):
     /// recipients as arguments or -t, -f sender, -F full name, -i/-oi; the message on stdin. It goes to
@@ -114,6 +122,9 @@ fn main() -> ExitCode {
             println!("  admin:  {}", client.base_url());
             Ok(())
         }),
+        Command::Queue { admin, command } => {
+            run_admin_command(async move { sluice::cli::queue::run(&admin.client()?, command).await })
+        }
         Command::DefaultConfig => {
             print!("{}", config::EMBEDDED_DEFAULT);
             ExitCode::SUCCESS
