@@ -97,10 +97,10 @@ fn list_filters_show_summary_retry_and_bounce() {
     let both = sorted(vec![a.clone(), b.clone()]);
     let upstream = format!("127.0.0.1:{}", up.port);
     assert_eq!(listed(&sluice, &[]), both);
-    assert_eq!(listed(&sluice, &["--sender", "alice"]), [a.clone()]);
-    assert_eq!(listed(&sluice, &["--sender", "*@OTHER.test"]), [b.clone()], "glob, case-insensitive");
+    assert_eq!(listed(&sluice, &["--sender", "alice"]), [a.as_str()]);
+    assert_eq!(listed(&sluice, &["--sender", "*@OTHER.test"]), [b.as_str()], "glob, case-insensitive");
     assert_eq!(listed(&sluice, &["--sender", "*@other"]), Vec::<String>::new(), "a glob matches the whole address");
-    assert_eq!(listed(&sluice, &["--recipient", "fast@"]), [b.clone()]);
+    assert_eq!(listed(&sluice, &["--recipient", "fast@"]), [b.as_str()]);
     assert_eq!(listed(&sluice, &["--recipient", "slow@example.test"]), both);
     assert_eq!(listed(&sluice, &["--upstream", &upstream]), both);
     assert_eq!(listed(&sluice, &["--upstream", "office365"]), Vec::<String>::new());
@@ -110,8 +110,8 @@ fn list_filters_show_summary_retry_and_bounce() {
     assert_eq!(listed(&sluice, &["--state", "deferred"]), both);
     assert_eq!(listed(&sluice, &["--state", "queued"]), Vec::<String>::new());
     queue_ok(&sluice, &["hold", &a, "--reason", "looks odd"]);
-    assert_eq!(listed(&sluice, &["--state", "held"]), [a.clone()]);
-    assert_eq!(listed(&sluice, &["--state", "deferred", "--sender", "bob"]), [b.clone()]);
+    assert_eq!(listed(&sluice, &["--state", "held"]), [a.as_str()]);
+    assert_eq!(listed(&sluice, &["--state", "deferred", "--sender", "bob"]), [b.as_str()]);
     let bad = queue(&sluice, &["list", "--state", "lost"]);
     assert!(!bad.success() && bad.stderr.contains("route-held"), "{bad}");
 
@@ -152,7 +152,7 @@ fn list_filters_show_summary_retry_and_bounce() {
     assert!(!text.contains("Final-Recipient: rfc822; fast@example.test"), "delivered recipients are not bounced");
     assert!(text.contains("Subject: from bob"), "the original headers are quoted: {text}");
     wait_until(DEADLINE, "the DSN delivered and the bounced message gone", || {
-        (listed(&sluice, &[]) == [a.clone()]).then_some(())
+        (listed(&sluice, &[]) == [a.as_str()]).then_some(())
     });
     assert!(sluice.log().contains("message bounced by the administrator"));
 }
@@ -194,7 +194,7 @@ fn hold_retry_release_delete_and_flush() {
     assert_eq!(msgs[0].subject().as_deref(), Some("flushed one"));
     let all = queue_ok(&sluice, &["retry", "--all"]);
     assert!(all.contains("0 message(s) due now"), "held mail is left alone by retry --all: {all}");
-    assert_eq!(listed(&sluice, &[]), [held.clone()]);
+    assert_eq!(listed(&sluice, &[]), [held.as_str()]);
     assert_eq!(entry(&sluice, &held).unwrap()["state"], "held");
 
     // Released, it goes at once.
