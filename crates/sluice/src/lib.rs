@@ -20,6 +20,7 @@
 //! The wire protocol itself (parsing, replies, dot-stuffing) lives in the `smtp-wire` crate, which does no I/O.
 
 pub mod admin;
+pub mod cli;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;

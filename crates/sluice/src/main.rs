@@ -24,10 +24,10 @@ struct Cli {
 #[derive(clap::Args)]
 struct AdminArgs {
     /// The relay's configuration (its spool directory tells where the admin interface listens).
-    #[arg(long, short, env = "SLUICE_CONFIG")]
+    #[arg(long, short, env = "SLUICE_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// The admin interface's URL, instead of looking it up in the spool directory.
-    #[arg(long, env = "SLUICE_ADMIN_URL")]
+    #[arg(long, env = "SLUICE_ADMIN_URL", global = true)]
     admin_url: Option<String>,
 }
 
@@ -88,6 +88,14 @@ enum Command {
     /// Diagnose the upstream step by step (DNS, TLS, token, AUTH, optionally a test message), or with
     /// --listener our own listener as a device would; explains Microsoft's refusals. Exit 0 when all worked.
     Probe(sluice::probe::ProbeArgs),
+    /// Look at and steer the running relay's queue: list, show, retry, hold, release, delete, bounce,
+    /// flush, summary.
+    Queue {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        command: sluice::cli::queue::QueueCommand,
+    },
     /// Submit a message the way sendmail does (also what runs when sluice is installed as `sendmail`):
     /// recipients as arguments or -t, -f sender, -F full name, -i/-oi; the message on stdin. It goes to
     /// the local sluice at $SLUICE_SENDMAIL_SERVER (default 127.0.0.1:25).
@@ -139,6 +147,9 @@ fn main() -> ExitCode {
             println!("  admin:  {}", client.base_url());
             Ok(())
         }),
+        Command::Queue { admin, command } => {
+            run_admin_command(async move { sluice::cli::queue::run(&admin.client()?, command).await })
+        }
         Command::DefaultConfig => {
             print!("{}", config::EMBEDDED_DEFAULT);
             ExitCode::SUCCESS

@@ -67,6 +67,16 @@ impl AdminClient {
         self.send(self.http.delete(self.url(path))).await
     }
 
+    /// DELETE with a JSON body (who asks and why, for the relay's log).
+    pub async fn delete_with<T: DeserializeOwned>(&self, path: &str, body: &serde_json::Value) -> anyhow::Result<T> {
+        let request = self
+            .http
+            .delete(self.url(path))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(serde_json::to_vec(body)?);
+        self.send(request).await
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

@@ -9,6 +9,7 @@
 //! so that commands given the same configuration find it even on a port chosen by the system.
 
 pub mod client;
+pub mod queue;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -136,6 +137,7 @@ pub async fn start(
 pub fn router(state: Arc<AdminState>) -> Router {
     let guarded = Router::new()
         .route("/api/status", get(status))
+        .merge(queue::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(healthz))

@@ -178,6 +178,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 auth_user: self.state.auth_user.as_deref(),
                 client: self.state.peer.ip(),
             })),
+            admin_hold: None,
         };
 
         let spool = self.state.ctx.shared.spool.clone();

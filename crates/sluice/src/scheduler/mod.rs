@@ -10,6 +10,7 @@
 //! mailbox can be paused (too many connections, daily quota); envelopes are split. [`shaper`] keeps each
 //! mailbox within Microsoft's rates, making mail wait rather than fail.
 
+pub mod control;
 pub mod retry;
 pub mod shaper;
 
@@ -145,12 +146,23 @@ struct Queue {
     due: Vec<BinaryHeap<Reverse<(u64, String)>>>,
     /// Messages waiting for their next attempt (not the ones a worker holds right now), every lane's.
     waiting: HashMap<String, QueueRecord>,
+    /// Messages out of `waiting` in someone's hands: a worker's attempt, or an admin action writing the
+    /// spool (`control.rs`). A snapshot as taken, for listings; the holder has the live record.
+    active: HashMap<String, QueueRecord>,
 }
 
 impl Queue {
     fn push_due(&mut self, lane: usize, due: u64, id: String) {
         self.due[lane].push(Reverse((due, id)));
     }
+}
+
+/// Who decided that the recipients of a DSN failed.
+enum DsnVerdict {
+    /// The upstream's reply (or the retry policy's expiry).
+    Upstream,
+    /// An administrator's `sluice queue bounce`.
+    Administrator,
 }
 
 enum Next {
@@ -273,7 +285,11 @@ impl Scheduler {
                 }
             })
             .collect();
-        let queue = Queue { due: lanes.iter().map(|_| BinaryHeap::new()).collect(), waiting: HashMap::new() };
+        let queue = Queue {
+            due: lanes.iter().map(|_| BinaryHeap::new()).collect(),
+            waiting: HashMap::new(),
+            active: HashMap::new(),
+        };
         Scheduler {
             inner: Arc::new(Inner {
                 spool,
@@ -475,6 +491,7 @@ impl Inner {
             }
             queue.due[lane].pop();
             let record = queue.waiting.remove(&id).expect("checked above");
+            queue.active.insert(id, record.clone());
             if queue.due[lane].peek().is_some_and(|Reverse((d, _))| *d <= now) {
                 // More is due: let another worker start on it in parallel.
                 l.wake.notify_one();
@@ -994,7 +1011,9 @@ impl Inner {
         if !failed.is_empty() {
             if record.is_bounce() {
                 warn!(queue_id = %record.id, "a bounce could not be delivered; it is dropped (no bounce of a bounce)");
-            } else if let Err(e) = self.queue_dsn(lane, &record, &failed).await.map(|id| bounce_id = Some(id)) {
+            } else if let Err(e) =
+                self.queue_dsn(lane, &record, &failed, DsnVerdict::Upstream).await.map(|id| bounce_id = Some(id))
+            {
                 // Without the DSN durable the failure must not be forgotten: keep the recipients pending
                 // and try the whole thing again later.
                 error!(queue_id = %record.id, error = %e, "cannot queue the bounce; will retry the recipients");
@@ -1017,6 +1036,7 @@ impl Inner {
                 }
                 Err(e) => error!(queue_id = %record.id, error = %e, "remove task failed"),
             }
+            self.queue.lock().expect("queue lock").active.remove(&record.id);
             return bounce_id;
         }
         let to_write = record.clone();
@@ -1035,18 +1055,21 @@ impl Inner {
         let lane = self.lane_of(&record);
         {
             let mut queue = self.queue.lock().expect("queue lock");
+            queue.active.remove(&record.id);
             queue.push_due(lane, record.next_attempt_ms, record.id.clone());
             queue.waiting.insert(record.id.clone(), record);
         }
         self.lanes[lane].wake.notify_one();
     }
 
-    /// Queues the DSN for `failed`; it goes back through the same upstream as the original.
+    /// Queues the DSN for `failed`; it goes back through the same upstream as the original. Durable when
+    /// it returns.
     async fn queue_dsn(
         &self,
         lane: usize,
         original: &QueueRecord,
         failed: &[FailedRecipient],
+        verdict: DsnVerdict,
     ) -> std::io::Result<String> {
         let spool = self.spool.clone();
         let id = original.id.clone();
@@ -1058,9 +1081,14 @@ impl Inner {
         let arrival = Utc.timestamp_millis_opt(original.received_at_ms as i64).single().unwrap_or(now);
         let upstream = self.lanes[lane].upstream.display_name();
         let dsn_mailbox = self.dsn_mailbox(lane);
+        let (remote_mta, client) = match verdict {
+            DsnVerdict::Upstream => (Some(upstream.as_str()), format!("DSN for {}", original.id)),
+            // Nobody upstream gave this verdict: the DSN names no remote MTA.
+            DsnVerdict::Administrator => (None, format!("DSN for {} (bounced by the administrator)", original.id)),
+        };
         let body = dsn::build(&DsnInput {
             reporting_host: &self.hostname,
-            remote_mta: Some(&upstream),
+            remote_mta,
             queue_id: &original.id,
             original_sender: &original.sender,
             arrival,
@@ -1086,12 +1114,13 @@ impl Inner {
             size: body.len() as u64,
             eight_bit: body.iter().any(|b| *b >= 0x80),
             smtputf8: !original.sender.is_ascii(),
-            client: format!("DSN for {}", original.id),
+            client,
             route: Some(RouteChoice {
                 upstream: self.lanes[lane].upstream.name.clone(),
                 mailbox: dsn_mailbox,
                 sender_rewrite: None,
             }),
+            admin_hold: None,
         };
         let spool = self.spool.clone();
         let to_commit = record.clone();

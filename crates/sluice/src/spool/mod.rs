@@ -28,7 +28,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use disk::{DiskSpace, MinFree, is_disk_full};
-pub use record::{QueueRecord, RECORD_VERSION, RecipientState, RecipientStatus};
+pub use record::{AdminHold, HELD_UNTIL_RELEASED, QueueRecord, RECORD_VERSION, RecipientState, RecipientStatus};
 
 const TMP: &str = "tmp";
 const QUEUE: &str = "queue";
@@ -394,6 +394,7 @@ mod tests {
             smtputf8: false,
             client: "test".into(),
             route: None,
+            admin_hold: None,
         }
     }
 

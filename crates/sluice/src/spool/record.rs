@@ -34,6 +34,25 @@ pub struct QueueRecord {
     /// written before routes existed (and in bounces of those): the default route.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<RouteChoice>,
+    /// Set while an administrator holds the message (`sluice queue hold`): it is not attempted and does
+    /// not expire, and `next_attempt_ms` is [`HELD_UNTIL_RELEASED`]. Absent in records written before
+    /// admin holds existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_hold: Option<AdminHold>,
+}
+
+/// The due time of a message an administrator holds: never. Persisted as such, so that any code that
+/// orders the queue by due time (and an older sluice reading this spool) leaves the message alone.
+pub const HELD_UNTIL_RELEASED: u64 = u64::MAX;
+
+/// Who held a message and why, kept in its record until it is released.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AdminHold {
+    /// Unix ms when the hold began.
+    pub since_ms: u64,
+    /// Who asked, as the command line reported it (the token does not name a person).
+    pub by: String,
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
