@@ -13,6 +13,7 @@ use tracing::{error, info, warn};
 use crate::admin::AdminState;
 use crate::config::Config;
 use crate::listener::{self, ListenerContext, Shared};
+use crate::metrics::Metrics;
 use crate::policy::Users;
 use crate::scheduler::Scheduler;
 use crate::spool::Spool;
@@ -52,6 +53,9 @@ pub async fn run_with(
     info!(spool = %config.spool_dir.display(), messages = recovery.records.len(), "spool recovered");
 
     let scheduler = Scheduler::new(spool.clone(), config.upstream.clone(), config.retry, config.hostname.clone());
+    // Watching before any worker starts, so no delivery goes uncounted.
+    let metrics = Arc::new(Metrics::new());
+    metrics.watch(&scheduler);
     for record in recovery.records {
         scheduler.enqueue(record);
     }
@@ -62,7 +66,15 @@ pub async fn run_with(
         &config.admin,
         &config.spool_dir,
         |token, public_metrics| {
-            Arc::new(AdminState::new(config.hostname.clone(), scheduler.clone(), spool.clone(), token, public_metrics))
+            Arc::new(AdminState::new(
+                config.hostname.clone(),
+                scheduler.clone(),
+                spool.clone(),
+                token,
+                public_metrics,
+                metrics.clone(),
+                config.spool_dir.clone(),
+            ))
         },
         shutdown.clone(),
     )
@@ -75,6 +87,7 @@ pub async fn run_with(
         users: Users::new(&config.users),
         policy: Arc::new(config.policy),
         abuse: crate::policy::abuse::Abuse::new(config.abuse),
+        metrics,
     });
     let sessions = TaskTracker::new();
     let listeners = TaskTracker::new();

@@ -9,6 +9,8 @@
 //! so that commands given the same configuration find it even on a port chosen by the system.
 
 pub mod client;
+mod metrics;
+mod page;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -29,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{ADMIN_TOKEN_ENV, AdminConfig, Secret};
+use crate::metrics::Metrics;
 use crate::scheduler::Scheduler;
 use crate::spool::Spool;
 
@@ -50,10 +53,21 @@ pub struct AdminState {
     token: Secret,
     /// /metrics is served without the token.
     pub public_metrics: bool,
+    pub metrics: Arc<Metrics>,
+    /// For the status page's disk figures.
+    pub spool_dir: PathBuf,
 }
 
 impl AdminState {
-    pub fn new(hostname: String, scheduler: Scheduler, spool: Spool, token: Secret, public_metrics: bool) -> Self {
+    pub fn new(
+        hostname: String,
+        scheduler: Scheduler,
+        spool: Spool,
+        token: Secret,
+        public_metrics: bool,
+        metrics: Arc<Metrics>,
+        spool_dir: PathBuf,
+    ) -> Self {
         AdminState {
             hostname,
             started: SystemTime::now(),
@@ -62,6 +76,8 @@ impl AdminState {
             ready: AtomicBool::new(false),
             token,
             public_metrics,
+            metrics,
+            spool_dir,
         }
     }
 
@@ -142,6 +158,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/login", get(login))
         .merge(guarded)
+        .merge(metrics::routes(state.clone()).merge(page::routes(state.clone())))
         .with_state(state)
 }
 

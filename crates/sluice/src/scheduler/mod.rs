@@ -12,6 +12,7 @@
 
 pub mod retry;
 pub mod shaper;
+pub mod stats;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -63,8 +64,10 @@ struct Inner {
     /// error instead of each opening its own doomed connection (a queue of thousands would otherwise
     /// hammer a host that is down).
     upstream_down: Mutex<Option<(Instant, TransportError)>>,
-    /// Every per-recipient verdict, for whoever watches (the demo today; status pages, metrics).
+    /// Every per-recipient verdict, for whoever watches (the demo, the status page, metrics).
     events: broadcast::Sender<DeliveryEvent>,
+    /// What no event carries (outcomes set aside by a hold), for [`Scheduler::stats`].
+    counters: stats::Counters,
 }
 
 /// What happened to one recipient in one delivery attempt.
@@ -78,6 +81,10 @@ pub struct DeliveryEvent {
     pub reply: String,
     /// For a failure: the queue id of the DSN sent back, if one was queued.
     pub bounce_id: Option<String>,
+    /// When the message was accepted (Unix ms): accepted → delivered latency.
+    pub accepted_ms: u64,
+    /// SMTP reply class, transport error or HTTP status.
+    pub reply_class: stats::ReplyClass,
 }
 
 /// How long an unreachable upstream is left alone before the next connection attempt.
@@ -145,6 +152,7 @@ impl Scheduler {
                 wake: Notify::new(),
                 upstream_down: Mutex::new(None),
                 events: broadcast::channel(1024).0,
+                counters: stats::Counters::default(),
             }),
         }
     }
@@ -505,6 +513,8 @@ impl Inner {
                 disposition: classify(&outcome),
                 reply: text.clone(),
                 bounce_id: None,
+                accepted_ms: record.received_at_ms,
+                reply_class: stats::ReplyClass::of(&outcome),
             });
             rcpt.last_reply = Some(text);
         }
@@ -546,6 +556,7 @@ impl Inner {
                 results.into_iter().partition(|(_, o)| classify(o) != Disposition::Temporary);
             for (i, o) in &held {
                 record.recipients[*i].last_reply = Some(o.describe());
+                self.counters.held(o);
             }
             record.last_reply = Some(reason.clone());
             if route.hold.is_none() {

@@ -120,6 +120,11 @@ impl Upstream {
         &self.config
     }
 
+    /// The token source's request counts, for kinds that use OAuth.
+    pub fn token_stats(&self) -> Option<crate::oauth::TokenStats> {
+        self.tokens.as_ref().map(|t| t.stats())
+    }
+
     /// Opens a connection, authenticated as the kind requires. With XOAUTH2, a token the server refuses
     /// (`535 5.7.3`) is dropped from the cache and the connection is tried once more with a fresh token:
     /// a token can be revoked or expire early, and one refusal must not hold the route.
