@@ -64,6 +64,31 @@ async fn the_status_page_shows_a_held_route_and_releases_it() {
         serde_json::from_slice(&std::fs::read(spool.join("admin.json")).expect("admin.json")).unwrap();
     let url = discovery["url"].as_str().unwrap().to_owned();
     let token = std::fs::read_to_string(spool.join("admin.token")).unwrap().trim().to_owned();
+    // The same hold in the metrics: the route, the set-aside outcomes, the refused token requests.
+    let scrape = {
+        let (url, token) = (format!("{url}/metrics"), token.clone());
+        let curl = tokio::task::spawn_blocking(move || {
+            Command::new("curl").args(["-s", "-S", "-H", &format!("Authorization: Bearer {token}"), &url]).output()
+        });
+        let out = curl.await.unwrap().expect("curl runs (Debian package curl)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let value = |prefix: &str| -> f64 {
+        scrape.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+    };
+    assert_eq!(value("sluice_route_held{"), 1.0, "{scrape}");
+    assert!(value("sluice_oauth_token_failures_total") >= 1.0, "{scrape}");
+    assert_eq!(value("sluice_oauth_token_refreshes_total"), 0.0, "{scrape}");
+    let held: f64 = scrape
+        .lines()
+        .filter(|l| {
+            l.starts_with("sluice_deliveries_total{") && l.contains("result=\"held\",reply_class=\"transport\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(held >= 2.0, "both recipients were set aside by the hold: {scrape}");
+    assert_eq!(value("sluice_queue_messages{state=\"held\"}"), 2.0, "{scrape}");
+
     let screenshot = world.dir.path().join("status-page.png");
     let profile = world.dir.path().join("chromium-profile");
     std::fs::create_dir(&profile).unwrap();
