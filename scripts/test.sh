@@ -8,7 +8,9 @@
 #
 # Test peers: Debian packages postfix (for smtp-sink; installed unconfigured, never started), swaks,
 # libnet-ssleay-perl (swaks' TLS), strace, fiu-utils (libfiu's fiu-run and fiu-ctrl: I/O fault
-# injection), nmap (its smtp-open-relay script); the PyPI package aiosmtpd for the Python the tests run
+# injection), nmap (its smtp-open-relay script), curl (the admin interface and /metrics), chromium and
+# chromium-driver (the status page in a headless browser); the PyPI packages aiosmtpd, prometheus-client
+# (its parser reads /metrics) and selenium (drives chromium) for the Python the tests run
 # ($SLUICE_TEST_PYTHON, default python3). Installing needs root; as another user, missing peers are
 # listed with the commands that install them.
 set -euo pipefail
@@ -16,8 +18,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 PYTHON="${SLUICE_TEST_PYTHON:-python3}"
-APT_PACKAGES=(libssl-dev pkg-config openssl postfix swaks libnet-ssleay-perl strace fiu-utils nmap)
-PIP_REQUIREMENT='aiosmtpd>=1.4,<2'
+APT_PACKAGES=(libssl-dev pkg-config openssl postfix swaks libnet-ssleay-perl strace fiu-utils nmap curl chromium
+    chromium-driver)
+PIP_REQUIREMENTS=('aiosmtpd>=1.4,<2' 'prometheus-client>=0.20' 'selenium>=4.11')
 
 missing_apt() {
     local missing=()
@@ -30,11 +33,18 @@ missing_apt() {
     command -v strace >/dev/null 2>&1 || missing+=(strace)
     command -v fiu-run >/dev/null 2>&1 && command -v fiu-ctrl >/dev/null 2>&1 || missing+=(fiu-utils)
     command -v nmap >/dev/null 2>&1 || missing+=(nmap)
+    command -v curl >/dev/null 2>&1 || missing+=(curl)
+    [ -x /usr/bin/chromium ] || missing+=(chromium)
+    [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
     echo "${missing[@]}"
 }
 
 missing_pip() {
-    "$PYTHON" -c 'import aiosmtpd' >/dev/null 2>&1 || echo aiosmtpd
+    local missing=()
+    "$PYTHON" -c 'import aiosmtpd' >/dev/null 2>&1 || missing+=(aiosmtpd)
+    "$PYTHON" -c 'import prometheus_client' >/dev/null 2>&1 || missing+=(prometheus-client)
+    "$PYTHON" -c 'import selenium' >/dev/null 2>&1 || missing+=(selenium)
+    echo "${missing[@]}"
 }
 
 install_apt() {
@@ -69,8 +79,8 @@ install_apt() {
 
 install_pip() {
     export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore PIP_NO_INPUT=1
-    "$PYTHON" -m pip install --quiet "$PIP_REQUIREMENT" ||
-        "$PYTHON" -m pip install --quiet --break-system-packages "$PIP_REQUIREMENT"
+    "$PYTHON" -m pip install --quiet "${PIP_REQUIREMENTS[@]}" ||
+        "$PYTHON" -m pip install --quiet --break-system-packages "${PIP_REQUIREMENTS[@]}"
 }
 
 ensure_peers() {
@@ -80,10 +90,10 @@ ensure_peers() {
     [ -z "$apt" ] && [ -z "$pip" ] && return 0
     if [ "$(id -u)" != 0 ]; then
         {
-            echo "scripts/test.sh: test peers missing:${apt:+ Debian packages: $apt;}${pip:+ Python package: aiosmtpd for $PYTHON}"
+            echo "scripts/test.sh: test peers missing:${apt:+ Debian packages: $apt;}${pip:+ Python packages for $PYTHON: $pip}"
             echo "install them as root with: scripts/test.sh --install-only"
             [ -n "$apt" ] && echo "  or: apt-get install --no-install-recommends ${APT_PACKAGES[*]}"
-            [ -n "$pip" ] && echo "  or: $PYTHON -m pip install '$PIP_REQUIREMENT'"
+            [ -n "$pip" ] && echo "  or: $PYTHON -m pip install ${PIP_REQUIREMENTS[*]@Q}"
         } >&2
         exit 1
     fi
@@ -92,7 +102,7 @@ ensure_peers() {
         install_apt
     fi
     if [ -n "$pip" ]; then
-        echo "scripts/test.sh: installing $PIP_REQUIREMENT for $PYTHON" >&2
+        echo "scripts/test.sh: installing ${PIP_REQUIREMENTS[*]} for $PYTHON" >&2
         install_pip
     fi
     apt="$(missing_apt)"

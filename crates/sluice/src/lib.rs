@@ -26,6 +26,7 @@ pub mod config;
 pub mod demo;
 pub mod dsn;
 pub mod listener;
+pub mod metrics;
 pub mod oauth;
 pub mod policy;
 pub mod probe;

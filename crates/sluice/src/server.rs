@@ -16,6 +16,7 @@ use tracing::{error, info, warn};
 
 use crate::admin::AdminState;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::scheduler::Scheduler;
 use crate::spool::Spool;
 pub use reload::{ReloadError, ReloadReport, Reloader, reload_on_sighup};
@@ -75,6 +76,9 @@ pub async fn run_reloadable(
         config.retry,
         config.hostname.clone(),
     );
+    // Watching before any worker starts, so no delivery goes uncounted.
+    let metrics = Arc::new(Metrics::new());
+    metrics.watch(&scheduler);
     for record in recovery.records {
         scheduler.enqueue(record);
     }
@@ -85,7 +89,14 @@ pub async fn run_reloadable(
         &config.admin,
         &config.spool_dir,
         |token, public_metrics| {
-            Arc::new(AdminState::new(config.hostname.clone(), scheduler.clone(), spool.clone(), token, public_metrics))
+            Arc::new(AdminState::new(
+                config.hostname.clone(),
+                scheduler.clone(),
+                spool.clone(),
+                token,
+                public_metrics,
+                metrics.clone(),
+            ))
         },
         shutdown.clone(),
     )
@@ -100,6 +111,7 @@ pub async fn run_reloadable(
         spool,
         scheduler: scheduler.clone(),
         abuse: crate::policy::abuse::Abuse::new(config.abuse),
+        metrics,
         shutdown: shutdown.clone(),
         sessions: sessions.clone(),
         listener_tasks: listeners.clone(),

@@ -9,6 +9,8 @@
 //! so that commands given the same configuration find it even on a port chosen by the system.
 
 pub mod client;
+pub mod metrics;
+pub mod page;
 pub mod queue;
 
 use std::net::SocketAddr;
@@ -30,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{ADMIN_TOKEN_ENV, AdminConfig, Secret};
+use crate::metrics::Metrics;
 use crate::scheduler::Scheduler;
 use crate::spool::Spool;
 
@@ -51,10 +54,18 @@ pub struct AdminState {
     token: Secret,
     /// /metrics is served without the token.
     pub public_metrics: bool,
+    pub metrics: Arc<Metrics>,
 }
 
 impl AdminState {
-    pub fn new(hostname: String, scheduler: Scheduler, spool: Spool, token: Secret, public_metrics: bool) -> Self {
+    pub fn new(
+        hostname: String,
+        scheduler: Scheduler,
+        spool: Spool,
+        token: Secret,
+        public_metrics: bool,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         AdminState {
             hostname,
             started: SystemTime::now(),
@@ -63,6 +74,7 @@ impl AdminState {
             ready: AtomicBool::new(false),
             token,
             public_metrics,
+            metrics,
         }
     }
 
@@ -144,6 +156,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/login", get(login))
         .merge(guarded)
+        .merge(metrics::routes(state.clone()).merge(page::routes(state.clone())))
         .with_state(state)
 }
 

@@ -9,6 +9,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{info, warn};
 
 use super::session::{Flow, Input, Session};
+use crate::metrics::Rejection;
 
 /// RFC 4954 §4: a SASL response line may be up to 12288 octets.
 const MAX_SASL_LINE: usize = 12288;
@@ -28,6 +29,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         if !self.state.auth_offered() {
             // RFC 4954 §4 / RFC 3207: no credentials over a connection we have not encrypted.
+            self.state.ctx.shared.metrics.rejected(Rejection::AuthRequired);
             self.reply(Reply::with_code(538, 5, 7, 11, "Encryption required for requested authentication mechanism"));
             return self.count_error();
         }
@@ -67,6 +69,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let client = crate::policy::canonical(self.state.peer.ip());
         let banned = abuse.auth_failed(client, &user);
         warn!(client = %self.state.peer, user = %user, mechanism = %mechanism, locked, banned, "authentication failed");
+        self.state.ctx.shared.metrics.rejected(Rejection::AuthFailed);
         self.reply(Reply::with_code(535, 5, 7, 8, "Authentication credentials invalid"));
         if banned {
             let text = format!("{} Error: too many failed authentication attempts", self.state.ctx.shared.hostname);

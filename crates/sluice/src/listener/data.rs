@@ -12,6 +12,7 @@ const DATA_RATE_GRACE: Duration = Duration::from_secs(10);
 
 use super::received::{self, ReceivedInfo};
 use super::session::{DATA_READ, Flow, Input, MAX_TEXT_LINE, Session};
+use crate::metrics::Rejection;
 use crate::spool::{QueueRecord, RECORD_VERSION, RecipientState, RecipientStatus, Spool, is_disk_full, now_ms};
 
 /// Why a message that passed every content check was not queued.
@@ -69,6 +70,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             if min_rate > 0 && elapsed > DATA_RATE_GRACE && received < min_rate * elapsed.as_secs() {
                 self.state.tx = None;
                 warn!(client = %self.state.peer, received, secs = elapsed.as_secs(), "data rate too low; nothing queued");
+                self.state.ctx.shared.metrics.rejected(Rejection::AbuseLimit);
                 let text = format!("{hostname} Error: data rate too low");
                 self.reply(Reply::with_code(421, 4, 4, 2, text));
                 return Flow::Close("data rate too low");
@@ -93,13 +95,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.shrink_buffers();
         let tx = self.state.tx.take().expect("checked at the start");
         let summary = receiver.summary();
+        let metrics = self.state.ctx.shared.metrics.clone();
         if summary.oversize {
+            metrics.rejected(Rejection::Size);
             self.reply(Reply::with_code(552, 5, 3, 4, format!("Message size exceeds fixed limit of {max_size} bytes")));
             return self.count_error();
         }
         let config = self.state.ctx.clone();
         let config = &config.config;
         if config.reject_bare_line_endings && (summary.bare_lf > 0 || summary.bare_cr > 0) {
+            metrics.rejected(Rejection::Content);
             self.reply(Reply::with_code(
                 550,
                 5,
@@ -112,11 +117,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let headers = inspect_headers(&body[ours..]);
         if headers.size > config.max_header_size {
             let limit = config.max_header_size;
+            metrics.rejected(Rejection::Size);
             self.reply(Reply::with_code(552, 5, 3, 4, format!("Message header section exceeds {limit} bytes")));
             return self.count_error();
         }
         if headers.received > config.max_received_headers {
             warn!(client = %self.state.peer, hops = headers.received, "mail loop suspected; message refused");
+            metrics.rejected(Rejection::Content);
             self.reply(Reply::with_code(
                 554,
                 5,
@@ -127,6 +134,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return self.count_error();
         }
         if summary.long_lines > 0 {
+            metrics.rejected(Rejection::Size);
             self.reply(Reply::with_code(
                 552,
                 5,
@@ -204,6 +212,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     "message accepted"
                 );
                 self.state.accepted += 1;
+                metrics.accepted(&config.address.to_string());
                 self.state.ctx.shared.scheduler.enqueue(record);
                 self.reply(Reply::with_code(250, 2, 0, 0, format!("Ok: queued as {id}")));
                 Flow::Continue
@@ -215,16 +224,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             Ok(Err(CommitRefused::Io(e))) if is_disk_full(&e) => {
                 error!(queue_id = %id, error = %e, "spool is full; message refused");
+                metrics.rejected(Rejection::DiskLow);
                 self.reply(Reply::with_code(452, 4, 3, 1, "Insufficient system storage"));
                 Flow::Continue
             }
             Ok(Err(CommitRefused::Io(e))) => {
                 error!(queue_id = %id, error = %e, "spool commit failed; message refused");
+                metrics.rejected(Rejection::SpoolError);
                 self.reply(Reply::with_code(451, 4, 3, 0, "Error: queue file write error"));
                 Flow::Continue
             }
             Err(e) => {
                 error!(queue_id = %id, error = %e, "spool commit task failed; message refused");
+                metrics.rejected(Rejection::SpoolError);
                 self.reply(Reply::with_code(451, 4, 3, 0, "Error: queue file write error"));
                 Flow::Continue
             }

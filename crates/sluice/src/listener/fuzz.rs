@@ -88,6 +88,7 @@ fn run(world: &World, options: u8, chunk: usize, bytes: &[u8]) -> Vec<u8> {
         users,
         policy: world.policy.clone(),
         abuse: Abuse::new(world.config.abuse),
+        metrics: Arc::new(crate::metrics::Metrics::new()),
     });
     let ctx = Arc::new(ListenerContext { config: listener, shared, shutdown: CancellationToken::new() });
     let peer: SocketAddr = if options & OPT_ALLOWED_NETWORK != 0 { INSIDE } else { OUTSIDE }.parse().unwrap();

@@ -5,6 +5,7 @@ use smtp_wire::{Address, MailParams, Reply};
 use tracing::warn;
 
 use super::session::{SessionState, Transaction};
+use crate::metrics::Rejection;
 use crate::policy::{Identity, RelayRequirements};
 
 impl SessionState {
@@ -29,6 +30,7 @@ impl SessionState {
         if let Some(size) = params.size
             && size > limit
         {
+            self.ctx.shared.metrics.rejected(Rejection::Size);
             return Reply::with_code(552, 5, 3, 4, format!("Message size exceeds fixed limit of {limit} bytes"));
         }
         if let Some(sender) = &from
@@ -42,6 +44,7 @@ impl SessionState {
             let sender = from.as_ref().map(ToString::to_string).unwrap_or_default();
             if !identity.rules.allows_sender(&sender) {
                 warn!(client = %self.peer, %identity, from = %sender, "sender not allowed for this identity");
+                self.ctx.shared.metrics.rejected(Rejection::Policy);
                 return Reply::with_code(
                     550,
                     5,

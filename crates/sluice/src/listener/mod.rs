@@ -30,6 +30,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::{ListenerConfig, ListenerTls};
+use crate::metrics::{Metrics, Rejection};
 use crate::policy::abuse::{Abuse, Refusal};
 use crate::policy::{Identity, Policy, Users};
 use crate::scheduler::Scheduler;
@@ -53,6 +54,7 @@ pub struct Shared {
     pub users: Arc<Users>,
     pub policy: Arc<Policy>,
     pub abuse: Arc<Abuse>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// What one listener's sessions share: the listener's settings as they were when the session was
@@ -150,6 +152,7 @@ pub async fn serve(listener: TcpListener, live: Arc<LiveListener>, sessions: Tas
                 });
             }
             None => {
+                ctx.shared.metrics.rejected(Rejection::AbuseLimit);
                 sessions.spawn(async move {
                     warn!(client = %peer, limit = ctx.config.max_connections, "connection refused: too many connections");
                     let mut tcp = tcp;
@@ -179,6 +182,7 @@ async fn handle(mut tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>)
     {
         Ok(slot) => slot,
         Err(refusal) => {
+            ctx.shared.metrics.rejected(Rejection::AbuseLimit);
             let text = match refusal {
                 Refusal::Banned => "too many failed authentication attempts, try again later",
                 Refusal::TooManyConnections => "too many connections from your address",
@@ -189,6 +193,7 @@ async fn handle(mut tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>)
             return;
         }
     };
+    let _active = ctx.shared.metrics.session_started(&ctx.config.address.to_string());
     let ended = match ctx.config.tls {
         ListenerTls::Implicit => run_tls(tcp, &ctx, SessionState::new(ctx.clone(), peer, None)).await,
         ListenerTls::None | ListenerTls::Starttls => {

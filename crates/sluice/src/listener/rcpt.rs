@@ -4,6 +4,8 @@ use smtp_wire::{Address, RcptParams, Reply};
 use tracing::warn;
 
 use super::session::SessionState;
+use crate::config::Credential;
+use crate::metrics::Rejection;
 
 impl SessionState {
     pub fn rcpt(&mut self, to: Address, params: RcptParams) -> Reply {
@@ -19,6 +21,10 @@ impl SessionState {
         let config = &self.ctx.config;
         let Some(identity) = &tx.identity else {
             self.relay_denied += 1;
+            // Where the listener requires AUTH and the client has not authenticated, AUTH is the answer.
+            let needs_auth = config.require.contains(&Credential::Auth) && self.auth_user.is_none();
+            let why = if needs_auth { Rejection::AuthRequired } else { Rejection::RelayDenied };
+            self.ctx.shared.metrics.relay_refused(why);
             let sender = tx.sender.as_ref().map(ToString::to_string).unwrap_or_default();
             warn!(
                 client = %self.peer,
@@ -31,6 +37,7 @@ impl SessionState {
         };
         if !identity.rules.allows_recipient(&to.to_string()) {
             warn!(client = %self.peer, %identity, to = %to, "recipient domain not allowed for this identity");
+            self.ctx.shared.metrics.rejected(Rejection::Policy);
             return Reply::with_code(550, 5, 7, 1, format!("<{to}>: Recipient domain not allowed for {identity}"));
         }
         let tx = self.tx.as_mut().expect("checked above");
@@ -39,6 +46,7 @@ impl SessionState {
             return Reply::with_code(250, 2, 1, 5, "Ok");
         }
         if tx.recipients.len() >= config.max_recipients {
+            self.ctx.shared.metrics.rejected(Rejection::TooManyRecipients);
             return Reply::with_code(452, 4, 5, 3, "Error: too many recipients");
         }
         tx.recipients.push(to);

@@ -14,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, warn};
 
 use super::ListenerContext;
+use crate::metrics::Rejection;
 use crate::policy::Identity;
 
 /// RFC 5321 §4.5.3.1.4: a command line is at most 512 octets including CRLF.
@@ -149,6 +150,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             // A client that talks before the greeting is a bot that does not wait for replies.
             if !delay.is_zero() && matches!(self.fill(delay, true, COMMAND_READ).await, Input::Data) {
                 warn!(client = %self.state.peer, "client talked before the greeting");
+                self.state.ctx.shared.metrics.rejected(Rejection::AbuseLimit);
                 self.reply(Reply::with_code(
                     554,
                     5,
@@ -170,6 +172,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     self.rpos += consumed;
                     if self.pipelined_too_early(&command) {
                         warn!(client = %self.state.peer, "pipelined commands without PIPELINING");
+                        self.state.ctx.shared.metrics.rejected(Rejection::AbuseLimit);
                         self.reply(Reply::with_code(
                             554,
                             5,
@@ -335,6 +338,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.state.errors += 1;
         if self.state.errors >= MAX_ERRORS {
             let text = format!("{} Error: too many errors", self.state.ctx.shared.hostname);
+            self.state.ctx.shared.metrics.rejected(Rejection::AbuseLimit);
             self.reply(Reply::with_code(421, 4, 7, 0, text));
             return Flow::Close("too many errors");
         }

@@ -47,6 +47,7 @@ fn harness(listener_extra: &str) -> Harness {
         users: Users::new(&config.users),
         policy: Arc::new(config.policy),
         abuse: crate::policy::abuse::Abuse::new(config.abuse),
+        metrics: Arc::new(crate::metrics::Metrics::new()),
     });
     let ctx =
         Arc::new(ListenerContext { config: config.listeners[0].clone(), shared, shutdown: CancellationToken::new() });

@@ -15,6 +15,7 @@
 //! Tokens and secrets are [`Secret`]s: nothing here logs them, and their `Debug` is redacted.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -52,6 +53,16 @@ pub struct TokenSource {
     http: reqwest::Client,
     config: OAuthConfig,
     cache: tokio::sync::Mutex<Option<Cached>>,
+    /// Token requests that got a token, and those that did not (for metrics).
+    refreshes: AtomicU64,
+    failures: AtomicU64,
+}
+
+/// How many token requests succeeded and failed since start-up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenStats {
+    pub refreshes: u64,
+    pub failures: u64,
 }
 
 #[derive(Deserialize)]
@@ -73,7 +84,21 @@ struct ErrorResponse {
 
 impl TokenSource {
     pub fn new(http: reqwest::Client, config: OAuthConfig) -> TokenSource {
-        TokenSource { http, config, cache: tokio::sync::Mutex::new(None) }
+        TokenSource {
+            http,
+            config,
+            cache: tokio::sync::Mutex::new(None),
+            refreshes: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+        }
+    }
+
+    /// Token requests so far: obtained, and failed (refused or unavailable).
+    pub fn stats(&self) -> TokenStats {
+        TokenStats {
+            refreshes: self.refreshes.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+        }
     }
 
     /// A valid token: the cached one while it is fresh, else a new one.
@@ -86,7 +111,10 @@ impl TokenSource {
         {
             return Ok(cached.token.clone());
         }
-        match self.fetch().await {
+        let fetched = self.fetch().await;
+        let counter = if fetched.is_ok() { &self.refreshes } else { &self.failures };
+        counter.fetch_add(1, Ordering::Relaxed);
+        match fetched {
             Ok((token, lifetime)) => {
                 let now = Instant::now();
                 *cache = Some(Cached {

@@ -13,6 +13,7 @@
 pub mod control;
 pub mod retry;
 pub mod shaper;
+pub mod stats;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -79,6 +80,8 @@ struct Lane {
     /// error instead of each opening its own doomed connection (a queue of thousands would otherwise
     /// hammer a host that is down).
     upstream_down: Mutex<Option<(Instant, TransportError)>>,
+    /// What no event carries (outcomes set aside by a hold), for [`Scheduler::stats`].
+    counters: stats::Counters,
 }
 
 /// One mailbox of a pool: Exchange Online counts rates, connections and quotas per mailbox.
@@ -106,6 +109,10 @@ pub struct DeliveryEvent {
     pub reply: String,
     /// For a failure: the queue id of the DSN sent back, if one was queued.
     pub bounce_id: Option<String>,
+    /// When the message was accepted (Unix ms): accepted → delivered latency.
+    pub accepted_ms: u64,
+    /// SMTP reply class, transport error or HTTP status.
+    pub reply_class: stats::ReplyClass,
 }
 
 /// How long an unreachable upstream is left alone before the next connection attempt.
@@ -282,6 +289,7 @@ impl Scheduler {
                     mailboxes: Mutex::new(mailboxes),
                     wake: Notify::new(),
                     upstream_down: Mutex::new(None),
+                    counters: stats::Counters::default(),
                 }
             })
             .collect();
@@ -811,6 +819,8 @@ impl Inner {
                 disposition: classify(&outcome),
                 reply: text.clone(),
                 bounce_id: None,
+                accepted_ms: record.received_at_ms,
+                reply_class: stats::ReplyClass::of(&outcome),
             });
             rcpt.last_reply = Some(text);
         }
@@ -865,6 +875,7 @@ impl Inner {
                 results.into_iter().partition(|(_, o)| classify(o) != Disposition::Temporary);
             for (i, o) in &held {
                 record.recipients[*i].last_reply = Some(o.describe());
+                l.counters.held(o);
             }
             record.last_reply = Some(reason.clone());
             if route.hold.is_none() {

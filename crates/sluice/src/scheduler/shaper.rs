@@ -50,6 +50,18 @@ impl Shaper {
         self.sent.push_back((now, recipients));
         Ok(())
     }
+
+    /// What the mailbox has used at `now`: (messages in the last minute, recipients in the last 24 h).
+    /// Only what the configured limits keep track of is counted (nothing without limits).
+    pub fn usage(&self, now: SystemTime) -> (u32, u64) {
+        let minute = self.sent.iter().filter(|(t, _)| age(now, *t) < MINUTE).count() as u32;
+        let day = self.sent.iter().filter(|(t, _)| age(now, *t) < DAY).map(|(_, n)| u64::from(*n)).sum();
+        (minute, day)
+    }
+
+    pub fn limits(&self) -> Shaping {
+        self.limits
+    }
 }
 
 impl Shaper {
@@ -99,6 +111,17 @@ mod tests {
         // Bigger than the whole quota: waits for an empty window, then goes.
         let mut s = shaper(0, 10);
         assert!(s.admit(t0, 50).is_ok());
+    }
+
+    #[test]
+    fn usage_counts_the_minute_and_the_day() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mut s = shaper(30, 1000);
+        s.admit(t0, 5).unwrap();
+        s.admit(t0 + Duration::from_secs(50), 2).unwrap();
+        assert_eq!(s.usage(t0 + Duration::from_secs(55)), (2, 7));
+        assert_eq!(s.usage(t0 + Duration::from_secs(90)), (1, 7), "the first left the minute, not the day");
+        assert_eq!(s.usage(t0 + DAY + Duration::from_secs(60)), (0, 0));
     }
 
     #[test]

@@ -81,6 +81,7 @@ pub(super) struct Running {
     pub spool: Spool,
     pub scheduler: Scheduler,
     pub abuse: Arc<Abuse>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub shutdown: CancellationToken,
     pub sessions: TaskTracker,
     pub listener_tasks: TaskTracker,
@@ -96,6 +97,7 @@ impl Running {
             users: Users::new(users),
             policy: Arc::new(policy),
             abuse: self.abuse.clone(),
+            metrics: self.metrics.clone(),
         })
     }
 

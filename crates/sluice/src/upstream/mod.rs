@@ -121,6 +121,11 @@ impl Upstream {
         &self.config
     }
 
+    /// The token source's request counts, for kinds that use OAuth.
+    pub fn token_stats(&self) -> Option<crate::oauth::TokenStats> {
+        self.tokens.as_ref().map(|t| t.stats())
+    }
+
     /// Opens a connection as the configured mailbox (the first of a pool).
     pub async fn connect(&self) -> Result<Connection, TransportError> {
         self.connect_as(self.config.mailbox.as_deref()).await
