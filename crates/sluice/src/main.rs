@@ -54,11 +54,15 @@ enum Command {
         #[arg(long)]
         pid_file: Option<PathBuf>,
     },
-    /// Make a running sluice read its configuration file again: sends SIGHUP to the process whose id
-    /// `serve --pid-file` wrote. The outcome (applied, or refused and why) is in sluice's log.
+    /// Make a running sluice read its configuration file again (like SIGHUP): prints what was applied,
+    /// or why the file was refused (the running configuration is then kept). Exit 1 when refused.
     Reload {
+        /// Send SIGHUP to the pid in this file (`serve --pid-file`) instead of asking the admin
+        /// interface (which also answers with what was applied, or why the file was refused).
         #[arg(long)]
-        pid_file: PathBuf,
+        pid_file: Option<PathBuf>,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Check a configuration file and print what would be served, or the first error.
     CheckConfig {
@@ -131,7 +135,33 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     match cli.command {
         Command::Serve { config, pid_file } => serve(config, pid_file),
-        Command::Reload { pid_file } => reload(&pid_file),
+        Command::Reload { pid_file: Some(pid_file), .. } => reload(&pid_file),
+        Command::Reload { pid_file: None, admin } => run_admin_command(async move {
+            let report: serde_json::Value = admin.client()?.post("/api/reload", &serde_json::json!({})).await?;
+            let list = |key: &str| -> Vec<String> {
+                report[key]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|v| v.as_str().map_or(v.to_string(), str::to_owned))
+                    .collect()
+            };
+            println!("configuration reloaded");
+            for (key, title) in [
+                ("applied", "applied to new sessions"),
+                ("listeners_added", "listening on"),
+                ("listeners_removed", "no longer listening on"),
+                ("tls_reloaded", "certificates read again"),
+                ("restart_needed", "changed, but needs a restart"),
+                ("warnings", "warning"),
+            ] {
+                let items = list(key);
+                if !items.is_empty() {
+                    println!("  {title}: {}", items.join(", "));
+                }
+            }
+            Ok(())
+        }),
         Command::CheckConfig { config } => check_config(&config),
         Command::Passwd => passwd(),
         Command::Probe(args) => sluice::probe::run(args),

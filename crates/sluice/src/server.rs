@@ -126,6 +126,9 @@ pub async fn run_reloadable(
     }
     // `ready` (a SIGHUP handler, say) is in place before the first session is accepted.
     let reloader = Arc::new(Reloader::new(source.map(|s| s.path)));
+    if let Some((_, state)) = &admin {
+        let _ = state.reloader.set(reloader.clone());
+    }
     ready(&scheduler, &reloader);
     for (socket, listener_config) in sockets.into_iter().zip(&config.listeners) {
         running.start_listener(socket, listener_config.clone(), shared.clone())?;

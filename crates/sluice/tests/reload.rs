@@ -294,3 +294,35 @@ fn sluice_reload_signals_the_pid_in_the_pid_file() {
     let out = run_command(Command::new(sluice_bin()).arg("reload").arg("--pid-file").arg(&pid_file), None, DEADLINE);
     assert!(!out.success(), "no pid file, no reload:\n{out}");
 }
+
+/// `sluice reload --config`: the same reload through the admin interface, with the outcome printed.
+#[test]
+fn sluice_reload_through_the_admin_interface_says_what_happened() {
+    let up = Upstream::builder().start();
+    let sluice =
+        Sluice::builder().listener(Listener::plain().allow(&["127.0.0.0/8"])).upstream(UpstreamCfg::of(&up)).start();
+    let reload = || {
+        run_command(Command::new(sluice_bin()).arg("reload").arg("--config").arg(&sluice.config_path), None, DEADLINE)
+    };
+
+    edit_config(&sluice, |t| {
+        listener(t, 0).insert("allowed_networks".into(), strs(&["10.0.0.0/8"]));
+    });
+    let out = reload();
+    assert!(out.success(), "{out}");
+    assert!(out.stdout.contains("configuration reloaded"), "{out}");
+    assert!(out.stdout.contains("applied to new sessions"), "{out}");
+    let mut c = sluice.connect(0);
+    c.ehlo();
+    c.cmd("MAIL FROM:<dev@client.test>").expect(250, None, "MAIL");
+    c.cmd("RCPT TO:<bob@example.test>").expect(554, Some("5.7.1"), "RCPT from a network no longer allowed");
+    c.quit();
+
+    // A file that does not load: the command fails, names the key, and the old settings stay.
+    edit_config(&sluice, |t| {
+        listener(t, 0).insert("allowed_networks".into(), strs(&["not a network"]));
+    });
+    let out = reload();
+    assert!(!out.success(), "{out}");
+    assert!(out.stderr.contains("reload refused") && out.stderr.contains("allowed_networks"), "{out}");
+}

@@ -55,6 +55,8 @@ pub struct AdminState {
     /// /metrics is served without the token.
     pub public_metrics: bool,
     pub metrics: Arc<Metrics>,
+    /// Set once start-up has bound the listeners (a reload before that has nothing to apply to).
+    pub reloader: std::sync::OnceLock<Arc<crate::server::Reloader>>,
 }
 
 impl AdminState {
@@ -75,6 +77,7 @@ impl AdminState {
             token,
             public_metrics,
             metrics,
+            reloader: std::sync::OnceLock::new(),
         }
     }
 
@@ -149,6 +152,7 @@ pub async fn start(
 pub fn router(state: Arc<AdminState>) -> Router {
     let guarded = Router::new()
         .route("/api/status", get(status))
+        .route("/api/reload", axum::routing::post(reload))
         .merge(queue::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -221,6 +225,24 @@ async fn status(State(state): State<Arc<AdminState>>) -> axum::Json<StatusReport
         ready: state.ready.load(Ordering::Acquire),
         queued: state.scheduler.waiting(),
     })
+}
+
+/// `POST /api/reload`: what SIGHUP does, with the outcome in the answer (`sluice reload`).
+async fn reload(State(state): State<Arc<AdminState>>) -> Response {
+    let Some(reloader) = state.reloader.get() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({ "error": "sluice is starting" })))
+            .into_response();
+    };
+    match reloader.reload().await {
+        Ok(report) => axum::Json(report).into_response(),
+        Err(e) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            axum::Json(
+                serde_json::json!({ "error": format!("reload refused, the running configuration is kept: {e}") }),
+            ),
+        )
+            .into_response(),
+    }
 }
 
 /// Compares without an early exit, so response times say nothing about how much of a guess was right.
