@@ -208,8 +208,8 @@ impl TokenSource {
     }
 }
 
-/// POSTs a form to the token endpoint: the token response, or why not.
-async fn post_form(http: &reqwest::Client, url: &str, body: String) -> Result<TokenResponse, TokenError> {
+/// POSTs a form to Entra: the status and the body, or why no answer came.
+async fn post_urlencoded(http: &reqwest::Client, url: &str, body: String) -> Result<(u16, Vec<u8>), TokenError> {
     let response = http
         .post(url)
         .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
@@ -219,6 +219,12 @@ async fn post_form(http: &reqwest::Client, url: &str, body: String) -> Result<To
         .map_err(|e| TokenError::Unavailable(error_chain(&e)))?;
     let status = response.status().as_u16();
     let bytes = response.bytes().await.map_err(|e| TokenError::Unavailable(error_chain(&e)))?;
+    Ok((status, bytes.to_vec()))
+}
+
+/// POSTs a form to the token endpoint: the token response, or why not.
+async fn post_form(http: &reqwest::Client, url: &str, body: String) -> Result<TokenResponse, TokenError> {
+    let (status, bytes) = post_urlencoded(http, url, body).await?;
     if (200..300).contains(&status) {
         return serde_json::from_slice(&bytes)
             .map_err(|e| TokenError::Unavailable(format!("unreadable token response: {e}")));
@@ -319,15 +325,7 @@ pub async fn login(
         .append_pair("client_id", &config.client_id)
         .append_pair("scope", &config.scope)
         .finish();
-    let response = http
-        .post(&devicecode_url)
-        .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| TokenError::Unavailable(error_chain(&e)))?;
-    let status = response.status().as_u16();
-    let bytes = response.bytes().await.map_err(|e| TokenError::Unavailable(error_chain(&e)))?;
+    let (status, bytes) = post_urlencoded(http, &devicecode_url, body).await?;
     if !(200..300).contains(&status) {
         let err: ErrorResponse = serde_json::from_slice(&bytes).unwrap_or_default();
         return Err(TokenError::Refused { status, error: err.error, description: err.error_description });

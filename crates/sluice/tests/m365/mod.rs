@@ -121,33 +121,14 @@ pub async fn start(
         l.local_addr().unwrap().port()
     };
     let upstream = make_upstream(&sim, dir.path());
-    let config_text = format!(
-        "hostname = \"sluice.test\"\nspool_dir = \"spool\"\n\n[[listener]]\naddress = \"127.0.0.1:{port}\"\n\
-         allowed_networks = [\"127.0.0.0/8\"]\nmax_recipients = 2000\n\n[retry]\ninitial_interval = \"1s\"\nmax_interval = \"2s\"\n\n\
+    let body = format!(
+        "[[listener]]\naddress = \"127.0.0.1:{port}\"\nallowed_networks = [\"127.0.0.0/8\"]\nmax_recipients = 2000\n\n\
          [upstream]\n{upstream}ca_file = \"ca.pem\"\ntls_server_name = \"localhost\"\n{upstream_extra}\n"
     );
     // Graph has no SMTP server name to verify.
-    let config_text = if upstream.contains("m365-graph") {
-        config_text.replace("tls_server_name = \"localhost\"\n", "")
-    } else {
-        config_text
-    };
-    std::fs::write(dir.path().join("sluice.toml"), &config_text).unwrap();
-    let config = sluice::config::load(&dir.path().join("sluice.toml")).unwrap_or_else(|e| panic!("{e}\n{config_text}"));
-    let stop = CancellationToken::new();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let relay = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            sluice::server::run_with(config, stop, move |s| {
-                let _ = tx.send(s.clone());
-            })
-            .await
-        })
-    };
-    let scheduler = rx.await.expect("sluice started");
-    let events = scheduler.subscribe();
-    World { sim, scheduler, events, port, dir, stop, relay }
+    let body =
+        if upstream.contains("m365-graph") { body.replace("tls_server_name = \"localhost\"\n", "") } else { body };
+    launch(sim, dir, port, &body).await
 }
 
 /// An `[upstreams.NAME]` section of `kind` against `sim` (its CA trusted), for route scenarios; `extra`
