@@ -177,7 +177,7 @@ fn fsync_rename_and_directory_fsync_come_before_the_250() {
     for rename in &renames {
         let source = rename.args.split('"').nth(1).unwrap().to_string();
         let fd_path = format!("{source}>"); // how strace -y shows an fd open on that file
-        let last_write = calls.iter().filter(|c| is_write(c) && c.args.contains(&fd_path)).last().cloned();
+        let last_write = calls.iter().rfind(|c| is_write(c) && c.args.contains(&fd_path)).cloned();
         let Some(last_write) = last_write else {
             panic!("no write to {source} before its rename:\n{}", show_trace());
         };

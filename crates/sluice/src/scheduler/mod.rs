@@ -173,7 +173,7 @@ enum DsnVerdict {
 }
 
 enum Next {
-    Deliver(QueueRecord),
+    Deliver(Box<QueueRecord>),
     /// Nothing due; the earliest due time if any.
     Wait(Option<u64>),
 }
@@ -504,7 +504,7 @@ impl Inner {
                 // More is due: let another worker start on it in parallel.
                 l.wake.notify_one();
             }
-            return Next::Deliver(record);
+            return Next::Deliver(Box::new(record));
         }
         Next::Wait(None)
     }
@@ -519,7 +519,7 @@ impl Inner {
             }
             match self.take_due(lane) {
                 Next::Deliver(record) => {
-                    self.attempt(lane, record, &mut slot, &shutdown).await;
+                    self.attempt(lane, *record, &mut slot, &shutdown).await;
                     idle_since = Instant::now();
                 }
                 Next::Wait(due) => {

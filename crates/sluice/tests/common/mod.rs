@@ -1470,7 +1470,7 @@ impl Reply {
     /// EHLO: the parameters of an advertised keyword.
     pub fn extension(&self, keyword: &str) -> Option<Vec<String>> {
         self.lines.iter().skip(1).find_map(|l| {
-            let mut words = l.split(|c: char| c == ' ' || c == '=');
+            let mut words = l.split([' ', '=']);
             let kw = words.next()?;
             kw.eq_ignore_ascii_case(keyword).then(|| words.map(|w| w.to_ascii_uppercase()).collect())
         })
