@@ -23,15 +23,9 @@ async fn queue(config: &Path, args: &[&str]) -> (Output, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_route_is_listed_and_released_from_the_command_line() {
-    let mut world = start(
-        &tenant("", ""),
-        |sim, dir| {
-            let section = upstream("m365-oauth", sim, dir);
-            std::fs::write(dir.join("client-secret"), "not-the-secret").unwrap();
-            section
-        },
+    let mut world = start_with_wrong_secret(
         // Only the admin may end this hold.
-        "hold_recheck = \"1h\"\n",
+        "1h",
     )
     .await;
     for i in 0..2 {
@@ -54,8 +48,8 @@ async fn a_held_route_is_listed_and_released_from_the_command_line() {
     let listed: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(listed.as_array().map(Vec::len), Some(2), "{stdout}");
 
-    // The admin fixes the secret (here: the tenant learns the one sluice has), then releases the hold.
-    world.sim.update_config(|c| c.apps[0].client_secret = Some("not-the-secret".into())).unwrap();
+    // The admin fixes the secret, then releases the hold.
+    world.fix_secret();
     let (out, _, stderr) = queue(&config, &["release-route", "no-such-upstream"]).await;
     assert!(!out.status.success());
     assert!(stderr.contains("no upstream named \"no-such-upstream\""), "{stderr}");

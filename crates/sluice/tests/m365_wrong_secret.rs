@@ -9,15 +9,9 @@ use sluice::upstream::Disposition;
 
 #[tokio::test]
 async fn wrong_secret_holds_the_route_and_bounces_nothing() {
-    let mut world = start(
-        &tenant("", ""),
-        |sim, dir| {
-            let section = upstream("m365-oauth", sim, dir);
-            std::fs::write(dir.join("client-secret"), "not-the-secret").unwrap();
-            section
-        },
+    let mut world = start_with_wrong_secret(
         // A long recheck: only the release below may let the mail go.
-        "hold_recheck = \"1h\"\n",
+        "1h",
     )
     .await;
     for i in 0..3 {
@@ -32,7 +26,7 @@ async fn wrong_secret_holds_the_route_and_bounces_nothing() {
     let hold = world.scheduler.hold_status().unwrap();
     assert!(hold.reason.contains("AADSTS7000215"), "the reason should say why: {}", hold.reason);
     assert!(hold.reason.contains("invalid_client"), "{}", hold.reason);
-    assert!(!hold.reason.contains("not-the-secret"), "the secret must not appear: {}", hold.reason);
+    assert!(!hold.reason.contains(WRONG_SECRET), "the secret must not appear: {}", hold.reason);
     assert_eq!(world.scheduler.waiting(), 3, "held mail stays queued");
     assert!(world.sim.messages().is_empty());
     // No verdict was given on any recipient: no bounce, no event.
@@ -41,9 +35,8 @@ async fn wrong_secret_holds_the_route_and_bounces_nothing() {
     let records = std::fs::read_dir(spool.join("queue")).map(|d| d.count()).unwrap_or(0);
     assert!(records >= 3, "the messages are still in the spool");
 
-    // The admin fixes the secret. The configuration is read at start-up, so here the tenant learns the
-    // secret sluice has instead; then the admin releases the hold.
-    world.sim.update_config(|c| c.apps[0].client_secret = Some("not-the-secret".into())).unwrap();
+    // The admin fixes the secret, then releases the hold.
+    world.fix_secret();
     assert!(world.scheduler.release_hold());
     let events = world.next_events(3).await;
     assert!(events.iter().all(|e| e.disposition == Disposition::Delivered), "{events:?}");
@@ -54,20 +47,11 @@ async fn wrong_secret_holds_the_route_and_bounces_nothing() {
 
 #[tokio::test]
 async fn a_held_route_is_tried_again_after_hold_recheck() {
-    let mut world = start(
-        &tenant("", ""),
-        |sim, dir| {
-            let section = upstream("m365-oauth", sim, dir);
-            std::fs::write(dir.join("client-secret"), "not-the-secret").unwrap();
-            section
-        },
-        "hold_recheck = \"1s\"\n",
-    )
-    .await;
+    let mut world = start_with_wrong_secret("1s").await;
     world.submit(MAILBOX, &["alice@contoso.com"], &message(MAILBOX, "alice@contoso.com", "recheck")).await;
     world.wait_until("the hold", |w| w.scheduler.hold_status().is_some()).await;
     // Fixed without anyone releasing the hold: the recheck finds the route working.
-    world.sim.update_config(|c| c.apps[0].client_secret = Some("not-the-secret".into())).unwrap();
+    world.fix_secret();
     let events = world.next_events(1).await;
     assert_eq!(events[0].disposition, Disposition::Delivered, "{events:?}");
     assert!(world.scheduler.hold_status().is_none());

@@ -36,15 +36,9 @@ async fn the_status_page_shows_a_held_route_and_releases_it() {
     let chromedriver = require("/usr/bin/chromedriver", "chromium-driver");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/peers/status_page.py");
 
-    let mut world = start(
-        &tenant("", ""),
-        |sim, dir| {
-            let section = upstream("m365-oauth", sim, dir);
-            std::fs::write(dir.join("client-secret"), "not-the-secret").unwrap();
-            section
-        },
+    let mut world = start_with_wrong_secret(
         // Only the Release button may end this hold.
-        "hold_recheck = \"1h\"\n",
+        "1h",
     )
     .await;
     for i in 0..2 {
@@ -56,8 +50,8 @@ async fn the_status_page_shows_a_held_route_and_releases_it() {
             w.scheduler.hold_status().is_some_and(|h| h.held_messages == 2)
         })
         .await;
-    // The admin fixes the secret (here: the tenant learns the one sluice has); the hold stays until released.
-    world.sim.update_config(|c| c.apps[0].client_secret = Some("not-the-secret".into())).unwrap();
+    // The admin fixes the secret; the hold stays until released.
+    world.fix_secret();
 
     let spool = world.dir.path().join("spool");
     let discovery: serde_json::Value =

@@ -133,6 +133,25 @@ pub async fn start(
 
 /// An `[upstreams.NAME]` section of `kind` against `sim` (its CA trusted), for route scenarios; `extra`
 /// lines are added to it.
+/// The secret sluice is given in [`start_with_wrong_secret`]: the tenant does not know it, so Entra
+/// refuses the token (AADSTS7000215) and the route is held.
+pub const WRONG_SECRET: &str = "not-the-secret";
+
+/// sluice with an m365-oauth upstream whose client secret is wrong: its route holds at the first attempt.
+/// `hold_recheck` is when the held route is tried again on its own (e.g. "1h": only a release helps).
+pub async fn start_with_wrong_secret(hold_recheck: &str) -> World {
+    start(
+        &tenant("", ""),
+        |sim, dir| {
+            let section = upstream("m365-oauth", sim, dir);
+            std::fs::write(dir.join("client-secret"), WRONG_SECRET).unwrap();
+            section
+        },
+        &format!("hold_recheck = \"{hold_recheck}\"\n"),
+    )
+    .await
+}
+
 pub fn named_upstream(name: &str, kind: &str, sim: &exosim::RunningSim, dir: &Path, extra: &str) -> String {
     let mut section = format!("[upstreams.{name}]\n{}ca_file = \"ca.pem\"\n", upstream(kind, sim, dir));
     if kind != "m365-graph" {
@@ -201,6 +220,12 @@ impl World {
     }
 
     /// Waits for the next `n` delivery events.
+    /// The admin's fix in the wrong-secret scenarios. The configuration is read at start-up, so the tenant
+    /// learns the secret sluice has instead.
+    pub fn fix_secret(&self) {
+        self.sim.update_config(|c| c.apps[0].client_secret = Some(WRONG_SECRET.into())).unwrap();
+    }
+
     pub async fn next_events(&mut self, n: usize) -> Vec<DeliveryEvent> {
         let mut out = Vec::new();
         while out.len() < n {
