@@ -48,7 +48,7 @@ pub enum Rejection {
     /// Connection limits, bans, protocol abuse (improper pipelining, talking first, too many errors),
     /// data rate too low.
     AbuseLimit,
-    /// The spool's disk is full.
+    /// The spool's disk is below `min_free_space`, or full.
     DiskLow,
     /// The spool could not commit the message.
     SpoolError,
@@ -210,12 +210,12 @@ impl Metrics {
         );
         registry.register(
             "queue_messages",
-            "Messages waiting in the queue, by state (new, deferred, held)",
+            "Messages waiting in the queue, by state (new, deferred, held by a route, admin_held)",
             m.queue.clone(),
         );
         registry.register_with_unit(
             "queue_oldest_message_age",
-            "Age of the oldest waiting message (0 when the queue is empty)",
+            "Age of the oldest waiting message, not counting those an admin holds (0 when none)",
             Unit::Seconds,
             m.oldest.clone(),
         );

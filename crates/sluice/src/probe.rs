@@ -223,6 +223,7 @@ impl Report {
 
 /// Values the fix texts are filled in with.
 struct Ctx {
+    kind: UpstreamKind,
     mailbox: Option<String>,
     app_id: Option<String>,
 }
@@ -245,7 +246,11 @@ pub async fn probe_upstream(config: &Config, options: &UpstreamProbe) -> bool {
         println!("sluice probe: {e}");
         return false;
     }
-    let ctx = Ctx { mailbox: upstream.mailbox.clone(), app_id: upstream.oauth.as_ref().map(|o| o.client_id.clone()) };
+    let ctx = Ctx {
+        kind: upstream.kind,
+        mailbox: upstream.mailbox.clone(),
+        app_id: upstream.oauth.as_ref().map(|o| o.client_id.clone()),
+    };
     let mut report = Report::default();
     println!("Probing upstream {} (kind {}, tls {:?})", upstream.display_name(), upstream.kind.name(), upstream.tls);
 
@@ -299,7 +304,8 @@ pub async fn probe_upstream(config: &Config, options: &UpstreamProbe) -> bool {
     step(&format!("SMTP session with {}", upstream.display_name()));
     let transcript: SharedTranscript = Arc::new(Mutex::new(Transcript::default()));
     let auth = match (&upstream.kind, &token, &upstream.credentials) {
-        (UpstreamKind::M365Oauth, Some(t), _) => {
+        // As delivery does (`Upstream::connect_as`): XOAUTH2 whenever the kind has app tokens.
+        (UpstreamKind::M365Oauth | UpstreamKind::M365Hve, Some(t), _) => {
             Auth::XOAuth2 { user: upstream.mailbox.as_deref().unwrap_or_default(), token: t.expose() }
         }
         (_, _, Some((user, password))) => Auth::Password { user, password: password.expose() },
@@ -385,7 +391,7 @@ fn judge(result: Result<Vec<Outcome>, TransportError>, ctx: &Ctx, report: &mut R
     match result {
         Ok(outcomes) => {
             for o in outcomes {
-                match classify(&o) {
+                match classify(ctx.kind, &o) {
                     Disposition::Delivered => println!("  accepted: {}", o.describe()),
                     other => report.diagnosed(
                         format!("test message {other:?}: {}", o.describe()),
@@ -588,7 +594,7 @@ async fn probe_graph(
         Ok(r) => {
             let status = r.status().as_u16();
             let body = r.text().await.unwrap_or_default();
-            let reason = graph_error(&body);
+            let reason = crate::upstream::graph::graph_error(&body);
             println!("  HTTP {status} {reason}");
             if status == 400 && reason.contains("ErrorMimeContent") {
                 println!("  token, Mail.Send permission and mailbox are fine (Graph only refused the probe's body)");
@@ -614,16 +620,6 @@ async fn probe_graph(
         };
         judge(result, ctx, report);
     }
-}
-
-fn graph_error(body: &str) -> String {
-    serde_json::from_str::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| {
-            let e = v.get("error")?;
-            Some(format!("{}: {}", e.get("code")?.as_str()?, e.get("message").and_then(|m| m.as_str()).unwrap_or("")))
-        })
-        .unwrap_or_else(|| body.chars().take(200).collect())
 }
 
 // -------------------------------------------------------------------------------------------------

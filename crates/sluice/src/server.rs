@@ -65,7 +65,10 @@ pub async fn run_reloadable(
         error!(queue_id = %id, %reason, "corrupt queue entry moved to corrupt/");
     }
     if recovery.uncommitted_removed > 0 {
-        info!(count = recovery.uncommitted_removed, "removed bodies of messages never acknowledged");
+        info!(
+            count = recovery.uncommitted_removed,
+            "removed state files of messages already finished (a removal cut short)"
+        );
     }
     info!(spool = %config.spool_dir.display(), messages = recovery.records.len(), "spool recovered");
 
@@ -85,30 +88,13 @@ pub async fn run_reloadable(
     let workers_stop = CancellationToken::new();
     let mut workers = scheduler.spawn_workers(workers_stop.clone());
 
-    let admin = crate::admin::start(
-        &config.admin,
-        &config.spool_dir,
-        |token, public_metrics| {
-            Arc::new(AdminState::new(
-                config.hostname.clone(),
-                scheduler.clone(),
-                spool.clone(),
-                token,
-                public_metrics,
-                metrics.clone(),
-            ))
-        },
-        shutdown.clone(),
-    )
-    .await?;
-
     let sessions = TaskTracker::new();
     let listeners = TaskTracker::new();
     let mut running = reload::Running {
         table: source.as_ref().map(|s| s.table.clone()).unwrap_or_default(),
         listeners: Vec::new(),
         hostname: config.hostname.clone(),
-        spool,
+        spool: spool.clone(),
         scheduler: scheduler.clone(),
         abuse: crate::policy::abuse::Abuse::new(config.abuse),
         metrics,
@@ -124,6 +110,23 @@ pub async fn run_reloadable(
             .with_context(|| format!("cannot listen on {}", listener_config.address))?;
         sockets.push(socket);
     }
+    // After the listeners: the admin socket (a free port by default) must not take a port they need.
+    let admin = crate::admin::start(
+        &config.admin,
+        &config.spool_dir,
+        |token, public_metrics| {
+            Arc::new(AdminState::new(
+                config.hostname.clone(),
+                scheduler.clone(),
+                spool.clone(),
+                token,
+                public_metrics,
+                running.metrics.clone(),
+            ))
+        },
+        shutdown.clone(),
+    )
+    .await?;
     // `ready` (a SIGHUP handler, say) is in place before the first session is accepted.
     let reloader = Arc::new(Reloader::new(source.map(|s| s.path)));
     if let Some((_, state)) = &admin {

@@ -43,8 +43,8 @@ fn acknowledged_mail_survives_sigkill_at_random_moments() {
         wait_until(DEADLINE, "the clients to get more messages acknowledged", || (load.acked() >= floor).then_some(()));
         sleep(rng.millis(300, 2_500));
         sluice.kill9();
-        // The spool as the next start will find it: no half record, no short body. Bodies
-        // without a record are uncommitted leftovers (never acknowledged) that recovery removes.
+        // The spool as the next start will find it: no half record, no short body. A state file
+        // without its message is a removal cut short, which recovery deletes.
         let found = check_spool(&sluice.spool_dir, &format!("after kill {k}"));
         eprintln!(
             "kill {k}/{kills} at {:.1}s: {} acknowledged so far, {} queued on disk",

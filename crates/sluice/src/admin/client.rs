@@ -22,10 +22,8 @@ impl AdminClient {
         let discovery = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice::<Discovery>(&bytes)
                 .with_context(|| format!("{} is not sluice's admin discovery file", path.display()))?,
-            Err(e) if url.is_some() => {
-                let _ = e;
-                Discovery { url: String::new(), token_file: None, pid: 0 }
-            }
+            // `--admin-url` names the relay; the token then comes from the environment.
+            Err(_) if url.is_some() => Discovery { url: String::new(), token_file: None, pid: 0 },
             Err(e) => bail!(
                 "cannot read {}: {e}\n(is sluice running with this configuration, and its admin interface enabled?)",
                 path.display()
@@ -61,10 +59,6 @@ impl AdminClient {
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(serde_json::to_vec(body)?);
         self.send(request).await
-    }
-
-    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        self.send(self.http.delete(self.url(path))).await
     }
 
     /// DELETE with a JSON body (who asks and why, for the relay's log).

@@ -665,9 +665,7 @@ fn resolve_routes(
                 }
             },
         };
-        if r.sender_rewrite == Some(SenderRewrite::Mailbox)
-            && !matches!(upstream.kind, UpstreamKind::M365Oauth | UpstreamKind::M365Basic | UpstreamKind::M365Graph)
-        {
+        if r.sender_rewrite == Some(SenderRewrite::Mailbox) && !upstream.kind.rewrites_sender() {
             return Err(invalid(
                 format!("{key}.sender_rewrite"),
                 format!("upstream {name:?} (kind = \"{}\") sends as no mailbox to rewrite to", upstream.kind.name()),
@@ -877,10 +875,13 @@ fn resolve_upstream(
         // HVE: the HVE account's password (basic), or app tokens (XOAUTH2) when client_id is set.
         K::M365Hve if !oauth_keys_set => {
             let user = mailbox.clone().ok_or_else(|| {
-                invalid("upstream.mailbox", "required: the HVE account (New-MailUser -HVEAccount) sluice signs in as")
+                invalid(
+                    format!("{p}.mailbox"),
+                    "required: the HVE account (New-MailUser -HVEAccount) sluice signs in as",
+                )
             })?;
             let pass = password.ok_or_else(|| {
-                invalid("upstream.password_file", "required (or password_env, or client_id for OAuth)")
+                invalid(format!("{p}.password_file"), "required (or password_env, or client_id for OAuth)")
             })?;
             Some((user, pass))
         }
@@ -919,7 +920,7 @@ fn resolve_upstream(
     if matches!(kind, K::M365Connector | K::M365DirectSend) {
         not_for("mailbox", mailbox.is_some())?;
     }
-    if u.sender_rewrite == SenderRewrite::Mailbox && !matches!(kind, K::M365Oauth | K::M365Basic | K::M365Graph) {
+    if u.sender_rewrite == SenderRewrite::Mailbox && !kind.rewrites_sender() {
         not_for("sender_rewrite", true)?;
     }
     if credentials.is_some() && u.tls == UpstreamTls::None {
@@ -966,13 +967,13 @@ fn resolve_upstream(
         let credential = match (secret, &u.client_certificate_file, &u.client_key_file) {
             (None, None, None) if delegated => {
                 let file = u.refresh_token_file.as_ref().ok_or_else(|| {
-                    invalid("upstream.refresh_token_file", "required with oauth_flow = \"delegated\"")
+                    invalid(format!("{p}.refresh_token_file"), "required with oauth_flow = \"delegated\"")
                 })?;
                 OAuthCredential::Delegated { refresh_token_file: base.join(file) }
             }
             _ if delegated => {
                 return Err(invalid(
-                    "upstream.oauth_flow",
+                    format!("{p}.oauth_flow"),
                     "\"delegated\" signs in as a user through a public client: no client secret or certificate",
                 ));
             }
@@ -1033,7 +1034,7 @@ fn resolve_upstream(
         None
     };
     if u.oauth_flow != OAuthFlow::Delegated && u.refresh_token_file.is_some() {
-        return Err(invalid("upstream.refresh_token_file", "only with oauth_flow = \"delegated\""));
+        return Err(invalid(format!("{p}.refresh_token_file"), "only with oauth_flow = \"delegated\""));
     }
 
     let graph = if kind == K::M365Graph {
@@ -1112,7 +1113,7 @@ fn resolve_upstream(
     };
 
     // Shaping: Exchange Online's per-mailbox limits for the Microsoft kinds; none for a generic smarthost.
-    let m365_mailbox = matches!(kind, K::M365Oauth | K::M365Basic | K::M365Graph | K::M365Hve);
+    let m365_mailbox = kind.sends_as_mailbox();
     let max_connections = u.max_connections_per_mailbox.unwrap_or(if m365_mailbox { 3 } else { usize::MAX });
     if max_connections == 0 {
         return Err(invalid(format!("{p}.max_connections_per_mailbox"), "must be > 0"));

@@ -372,6 +372,21 @@ impl UpstreamKind {
         !matches!(self, UpstreamKind::Smtp)
     }
 
+    /// Signs in as a mailbox (or the HVE account) and sends as it: Microsoft then refuses a sender the
+    /// mailbox may not send as, and limits the rates per mailbox.
+    pub fn sends_as_mailbox(self) -> bool {
+        matches!(
+            self,
+            UpstreamKind::M365Oauth | UpstreamKind::M365Basic | UpstreamKind::M365Graph | UpstreamKind::M365Hve
+        )
+    }
+
+    /// `sender_rewrite = "mailbox"` applies: the kinds that send as a mailbox, but HVE, whose account
+    /// is a mail user with no mailbox to rewrite to.
+    pub fn rewrites_sender(self) -> bool {
+        self.sends_as_mailbox() && self != UpstreamKind::M365Hve
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             UpstreamKind::Smtp => "smtp",

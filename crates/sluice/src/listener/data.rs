@@ -158,10 +158,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let smtputf8 = tx.params.smtputf8
             || tx.sender.as_ref().is_some_and(|s| !s.is_ascii())
             || tx.recipients.iter().any(|r| !r.is_ascii());
+        let sender = tx.sender.as_ref().map(ToString::to_string).unwrap_or_default();
+        // The route is chosen now, from what the session knows, and kept with the message.
+        let route = self.state.ctx.shared.scheduler.choose_route(&crate::routing::RouteRequest {
+            sender: &sender,
+            auth_user: self.state.auth_user.as_deref(),
+            client: self.state.peer.ip(),
+        });
         let record = QueueRecord {
             version: RECORD_VERSION,
             id: id.clone(),
-            sender: tx.sender.as_ref().map(ToString::to_string).unwrap_or_default(),
+            sender,
             recipients: tx
                 .recipients
                 .iter()
@@ -180,12 +187,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 self.state.peer.ip(),
                 self.state.auth_user.as_ref().map(|u| format!(" user={u}")).unwrap_or_default()
             ),
-            // The route is chosen now, from what the session knows, and kept with the message.
-            route: Some(self.state.ctx.shared.scheduler.choose_route(&crate::routing::RouteRequest {
-                sender: tx.sender.as_ref().map(ToString::to_string).unwrap_or_default().as_str(),
-                auth_user: self.state.auth_user.as_deref(),
-                client: self.state.peer.ip(),
-            })),
+            route: Some(route),
             admin_hold: None,
         };
 
@@ -219,6 +221,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             Ok(Err(CommitRefused::DiskLow)) => {
                 warn!(queue_id = %id, client = %self.state.peer, "spool filesystem low on space; message refused");
+                metrics.rejected(Rejection::DiskLow);
                 self.reply(Reply::with_code(452, 4, 3, 1, "Insufficient system storage"));
                 Flow::Continue
             }

@@ -24,6 +24,7 @@ impl SessionState {
         }
         if self.ctx.shared.spool.disk_low() {
             warn!(client = %self.peer, "spool filesystem low on space; MAIL refused");
+            self.ctx.shared.metrics.rejected(crate::metrics::Rejection::DiskLow);
             return Reply::with_code(452, 4, 3, 1, "Insufficient system storage");
         }
         let limit = self.ctx.config.max_message_size;

@@ -158,13 +158,8 @@ impl Scheduler {
             .waiting
             .values()
             .map(|r| info_of(r, false, &route_held, self.upstream_of(r)))
-            .chain(
-                queue
-                    .active
-                    .values()
-                    .filter(|r| !queue.waiting.contains_key(&r.id))
-                    .map(|r| info_of(r, true, &route_held, self.upstream_of(r))),
-            )
+            // A record is in one of the two maps, never both (taking it moves it).
+            .chain(queue.active.values().map(|r| info_of(r, true, &route_held, self.upstream_of(r))))
             .collect();
         drop(queue);
         list.sort_by(|a, b| (a.received_at_ms, &a.id).cmp(&(b.received_at_ms, &b.id)));
@@ -253,7 +248,7 @@ impl Scheduler {
         let record = self.checkout(id)?;
         let sender = record.sender.clone();
         let pending = record.pending().count();
-        self.remove_or_restore(record.clone(), record).await?;
+        self.remove_or_restore(record).await?;
         warn!(
             queue_id = %id,
             sender = %sender,
@@ -312,7 +307,7 @@ impl Scheduler {
         );
         // Should the removal fail, the finished record goes back: the next worker to take it finds nothing
         // pending and removes it.
-        self.remove_or_restore(finished.clone(), finished).await?;
+        self.remove_or_restore(finished).await?;
         Ok(dsn_id)
     }
 
@@ -349,8 +344,8 @@ impl Scheduler {
         })
     }
 
-    /// Removes a checked-out message from the spool, then from memory; on failure `restore` goes back.
-    async fn remove_or_restore(&self, record: QueueRecord, restore: QueueRecord) -> Result<(), ControlError> {
+    /// Removes a checked-out message from the spool, then from memory; on failure it goes back.
+    async fn remove_or_restore(&self, record: QueueRecord) -> Result<(), ControlError> {
         let spool = self.inner.spool.clone();
         let id = record.id.clone();
         let removed = {
@@ -364,7 +359,7 @@ impl Scheduler {
                 Ok(())
             }
             Err(error) => {
-                self.checkin(restore);
+                self.checkin(record);
                 Err(ControlError::Spool { id, error })
             }
         }
@@ -427,7 +422,7 @@ impl Scheduler {
     }
 
     /// Messages put aside by a route hold that is in force, on any upstream.
-    fn route_held_ids(&self) -> HashSet<String> {
+    pub(super) fn route_held_ids(&self) -> HashSet<String> {
         let mut held = HashSet::new();
         for lane in &self.inner.lanes {
             let route = lane.route.lock().expect("route lock");
@@ -448,8 +443,10 @@ impl Inner {
     }
 }
 
-fn info_of(record: &QueueRecord, active: bool, route_held: &HashSet<String>, upstream: &str) -> MessageInfo {
-    let state = if active {
+/// Where a message stands: the one answer for listings, summaries, metrics and the status page.
+/// `route_held` is [`Scheduler::route_held_ids`].
+pub(super) fn state_of(record: &QueueRecord, active: bool, route_held: &HashSet<String>) -> MessageState {
+    if active {
         MessageState::Active
     } else if record.admin_hold.is_some() {
         MessageState::Held
@@ -459,7 +456,11 @@ fn info_of(record: &QueueRecord, active: bool, route_held: &HashSet<String>, ups
         MessageState::Deferred
     } else {
         MessageState::Queued
-    };
+    }
+}
+
+fn info_of(record: &QueueRecord, active: bool, route_held: &HashSet<String>, upstream: &str) -> MessageInfo {
+    let state = state_of(record, active, route_held);
     MessageInfo {
         id: record.id.clone(),
         sender: record.sender.clone(),

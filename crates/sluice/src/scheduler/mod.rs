@@ -26,7 +26,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::{SenderRewrite, UpstreamConfig, UpstreamKind};
+use crate::config::{SenderRewrite, UpstreamConfig};
 use crate::dsn::{self, DsnInput, FailedRecipient};
 use crate::routing::{RouteChoice, RouteRequest, Routing};
 use crate::spool::{QueueRecord, RECORD_VERSION, RecipientState, RecipientStatus, Spool, now_ms};
@@ -162,6 +162,13 @@ impl Queue {
     fn push_due(&mut self, lane: usize, due: u64, id: String) {
         self.due[lane].push(Reverse((due, id)));
     }
+}
+
+/// A transaction that did not go through. Not `reached_upstream`: nothing was sent (the upstream was
+/// known down, or would not connect), so it does not count against the mailbox's rates.
+struct Unsent {
+    error: TransportError,
+    reached_upstream: bool,
 }
 
 /// Who decided that the recipients of a DSN failed.
@@ -344,6 +351,14 @@ impl Scheduler {
                         route.mailbox = None;
                     }
                 }
+            }
+        }
+        // Mail that arrives while its route is held waits with the hold: it is counted and listed as
+        // held, and goes out when the hold is released.
+        if record.admin_hold.is_none() {
+            let mut route = inner.lanes[inner.lane_of(&record)].route.lock().expect("route lock");
+            if route.hold.is_some() {
+                route.held_ids.insert(record.id.clone());
             }
         }
         inner.requeue(record);
@@ -576,6 +591,9 @@ impl Inner {
             let wait = match choice {
                 Choice::Go(i) => return Ok(i),
                 Choice::Paused(left) => return Err(Some(left)),
+                // A message pinned to one mailbox goes back to the queue rather than keep this worker (and
+                // its slot on another mailbox) waiting: the pool's other mail must not queue behind it.
+                Choice::Wait(wait) if pinned.is_some() => return Err(Some(wait.max(SHAPER_POLL))),
                 Choice::Wait(wait) => wait,
             };
             if !logged {
@@ -622,23 +640,6 @@ impl Inner {
     ) {
         let l = &self.lanes[lane];
         let started = Instant::now();
-        let spool = self.spool.clone();
-        let id = record.id.clone();
-        let body = match tokio::task::spawn_blocking(move || spool.read_body(&id)).await {
-            Ok(Ok(body)) => body,
-            other => {
-                let reason = match other {
-                    Ok(Err(e)) => e.to_string(),
-                    Err(e) => e.to_string(),
-                    Ok(Ok(_)) => unreachable!(),
-                };
-                error!(queue_id = %record.id, %reason, "cannot read queued message body; will retry");
-                record.last_reply = Some(format!("cannot read spooled body: {reason}"));
-                record.attempts += 1;
-                self.finish_attempt(lane, record, Vec::new(), None).await;
-                return;
-            }
-        };
 
         let pending: Vec<usize> =
             (0..record.recipients.len()).filter(|&i| record.recipients[i].status == RecipientStatus::Pending).collect();
@@ -658,7 +659,8 @@ impl Inner {
         let mb = match self.pick_mailbox(lane, pinned.as_deref(), current, first, shutdown).await {
             Ok(mb) => mb,
             Err(paused) => {
-                // Its mailboxes are paused (or we are stopping): back to the queue, no attempt counted.
+                // Its mailboxes are paused, its pinned mailbox has no room, or we are stopping: back to the
+                // queue, no attempt counted (and the body not read for nothing).
                 record.next_attempt_ms = now_ms() + paused.unwrap_or(Duration::ZERO).as_millis() as u64;
                 self.requeue(record);
                 return;
@@ -671,6 +673,26 @@ impl Inner {
             *slot = Some(Slot { mailbox: mb, conn: None });
         }
         let mailbox = l.mailboxes.lock().expect("mailbox lock")[mb].address.clone();
+
+        let spool = self.spool.clone();
+        let id = record.id.clone();
+        let body = match tokio::task::spawn_blocking(move || spool.read_body(&id)).await {
+            Ok(Ok(body)) => body,
+            other => {
+                let reason = match other {
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                    Ok(Ok(_)) => unreachable!(),
+                };
+                error!(queue_id = %record.id, %reason, "cannot read queued message body; will retry");
+                // Admitted with the mailbox, never sent.
+                l.mailboxes.lock().expect("mailbox lock")[mb].shaper.refund(first as u32);
+                record.last_reply = Some(format!("cannot read spooled body: {reason}"));
+                record.attempts += 1;
+                self.finish_attempt(lane, record, Vec::new(), None).await;
+                return;
+            }
+        };
 
         // Senders Microsoft accepts: the mailbox as sender (when the route or upstream says so), a
         // well-formed From.
@@ -688,15 +710,22 @@ impl Inner {
             };
             // The first transaction was admitted with the mailbox; the next ones wait for its rates.
             let admitted = if n == 0 { Ok(()) } else { self.admit(lane, mb, chunk.len(), shutdown).await };
-            let sent = match admitted {
-                Ok(()) => self.transmit(lane, mailbox.as_deref(), conn, &envelope, &body).await,
-                Err(e) => Err(e),
-            };
-            let verdicts = match sent {
-                Ok(verdicts) => verdicts,
+            let verdicts = match admitted {
                 Err(e) => vec![Outcome::Transport(e); chunk.len()],
+                Ok(()) => match self.transmit(lane, mailbox.as_deref(), conn, &envelope, &body).await {
+                    Ok(verdicts) => verdicts,
+                    Err(Unsent { error, reached_upstream }) => {
+                        if !reached_upstream {
+                            // An outage must not use up the mailbox's minute and day.
+                            l.mailboxes.lock().expect("mailbox lock")[mb].shaper.refund(chunk.len() as u32);
+                        }
+                        vec![Outcome::Transport(error); chunk.len()]
+                    }
+                },
             };
-            let stop = verdicts.iter().any(|v| !matches!(classify(v), Disposition::Delivered | Disposition::Permanent));
+            let stop = verdicts
+                .iter()
+                .any(|v| !matches!(classify(l.upstream.kind, v), Disposition::Delivered | Disposition::Permanent));
             results.extend(chunk.iter().copied().zip(verdicts));
             if stop {
                 // Trouble: the rest waits for the next attempt rather than meeting the same fate now.
@@ -721,8 +750,9 @@ impl Inner {
         conn: &mut Option<Connection>,
         envelope: &Envelope<'_>,
         body: &[u8],
-    ) -> Result<Vec<Outcome>, TransportError> {
+    ) -> Result<Vec<Outcome>, Unsent> {
         let l = &self.lanes[lane];
+        let unreached = |error| Unsent { error, reached_upstream: false };
         loop {
             if conn.as_ref().is_some_and(|c| c.transactions() >= l.upstream.max_messages_per_connection)
                 && let Some(old) = conn.take()
@@ -734,7 +764,7 @@ impl Inner {
                 if let Some((until, error)) = l.upstream_down.lock().expect("down lock").clone()
                     && Instant::now() < until
                 {
-                    return Err(error);
+                    return Err(unreached(error));
                 }
                 match l.transport.connect_as(mailbox).await {
                     Ok(c) => {
@@ -745,7 +775,7 @@ impl Inner {
                         let pause = self.retry.initial_interval.min(MAX_UPSTREAM_BACKOFF);
                         warn!(upstream = %l.upstream.name, host = %l.upstream.display_name(), mailbox = mailbox.unwrap_or(""), %error, ?pause, "upstream unavailable");
                         *l.upstream_down.lock().expect("down lock") = Some((Instant::now() + pause, error.clone()));
-                        return Err(error);
+                        return Err(unreached(error));
                     }
                 }
             }
@@ -756,9 +786,9 @@ impl Inner {
                     tracing::debug!(%reason, "cached upstream connection was dead; reconnecting");
                     *conn = None;
                 }
-                Err(e) => {
+                Err(error) => {
                     *conn = None;
-                    return Err(e);
+                    return Err(Unsent { error, reached_upstream: true });
                 }
             }
         }
@@ -791,7 +821,7 @@ impl Inner {
         for (index, outcome) in results {
             let rcpt = &mut record.recipients[index];
             let text = outcome.describe();
-            match classify(&outcome) {
+            match classify(l.upstream.kind, &outcome) {
                 Disposition::Delivered => {
                     rcpt.status = RecipientStatus::Delivered;
                     delivered += 1;
@@ -807,7 +837,7 @@ impl Inner {
                     });
                 }
             }
-            if summary.is_none() || classify(&outcome) != Disposition::Delivered {
+            if summary.is_none() || classify(l.upstream.kind, &outcome) != Disposition::Delivered {
                 summary = Some(text.clone());
             }
             verdicts.push(DeliveryEvent {
@@ -816,7 +846,7 @@ impl Inner {
                 recipient: rcpt.address.clone(),
                 upstream: l.upstream.name.clone(),
                 mailbox: mailbox.clone(),
-                disposition: classify(&outcome),
+                disposition: classify(l.upstream.kind, &outcome),
                 reply: text.clone(),
                 bounce_id: None,
                 accepted_ms: record.received_at_ms,
@@ -872,7 +902,7 @@ impl Inner {
         if let Some(reason) = hold {
             // With the route held, every recipient without a final verdict waits with the hold.
             let (kept, held): (Vec<_>, Vec<_>) =
-                results.into_iter().partition(|(_, o)| classify(o) != Disposition::Temporary);
+                results.into_iter().partition(|(_, o)| classify(upstream.kind, o) != Disposition::Temporary);
             for (i, o) in &held {
                 record.recipients[*i].last_reply = Some(o.describe());
                 l.counters.held(o);
@@ -891,6 +921,10 @@ impl Inner {
                      until the cause is fixed and the hold released, or hold_recheck passes"
                 );
                 route.hold = Some(Hold { reason, since_ms: now_ms(), until: Instant::now() + upstream.hold_recheck });
+                // The route's mail already waiting is held with it (and what arrives later: `enqueue`).
+                let queue = self.queue.lock().expect("queue lock");
+                let waiting = queue.waiting.values().filter(|r| r.admin_hold.is_none() && self.lane_of(r) == lane);
+                route.held_ids.extend(waiting.map(|r| r.id.clone()));
             }
             route.held_ids.insert(record.id.clone());
             if kept.is_empty() {
@@ -902,7 +936,7 @@ impl Inner {
         let mut delay: Option<Duration> = None;
         let mut later = |d: Duration| delay = Some(delay.map_or(d, |x| x.max(d)));
         let attempted = results.len();
-        let delivered = results.iter().filter(|(_, o)| classify(o) == Disposition::Delivered).count();
+        let delivered = results.iter().filter(|(_, o)| classify(upstream.kind, o) == Disposition::Delivered).count();
         // Pausing a mailbox pauses only that one: a message the route does not pin to it goes out at once
         // through another mailbox of the pool, if one is not paused.
         let pinned = record.route.as_ref().is_some_and(|r| r.mailbox.is_some());
@@ -964,11 +998,8 @@ impl Inner {
     /// The mailbox DSNs go out as, on upstreams that send as a mailbox: Microsoft refuses the null sender
     /// and a MAILER-DAEMON From there. The DSN is pinned to it, so the From matches the mailbox that sends.
     fn dsn_mailbox(&self, lane: usize) -> Option<String> {
-        use crate::config::UpstreamKind as K;
         let upstream = &self.lanes[lane].upstream;
-        matches!(upstream.kind, K::M365Oauth | K::M365Basic | K::M365Graph | K::M365Hve)
-            .then(|| upstream.mailbox.clone())
-            .flatten()
+        upstream.kind.sends_as_mailbox().then(|| upstream.mailbox.clone()).flatten()
     }
 
     fn is_held(&self, lane: usize) -> bool {
@@ -1162,10 +1193,7 @@ fn prepare_sender(
     // `dsn_mailbox`). Its record keeps the null sender, so a failure is still dropped, never bounced.
     if sender.is_empty()
         && let Some(mailbox) = mailbox
-        && matches!(
-            upstream.kind,
-            UpstreamKind::M365Oauth | UpstreamKind::M365Basic | UpstreamKind::M365Graph | UpstreamKind::M365Hve
-        )
+        && upstream.kind.sends_as_mailbox()
     {
         return (mailbox.to_owned(), body);
     }

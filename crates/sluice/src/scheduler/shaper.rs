@@ -51,6 +51,14 @@ impl Shaper {
         Ok(())
     }
 
+    /// Takes back the newest admission of `recipients`: the transaction never reached the upstream (it was
+    /// down, or would not connect), so Microsoft did not count it either.
+    pub fn refund(&mut self, recipients: u32) {
+        if let Some(i) = self.sent.iter().rposition(|(_, n)| *n == recipients) {
+            self.sent.remove(i);
+        }
+    }
+
     /// What the mailbox has used at `now`: (messages in the last minute, recipients in the last 24 h).
     /// Only what the configured limits keep track of is counted (nothing without limits).
     pub fn usage(&self, now: SystemTime) -> (u32, u64) {
@@ -131,5 +139,17 @@ mod tests {
             assert!(s.admit(SystemTime::now(), 1000).is_ok());
         }
         assert!(s.sent.is_empty());
+    }
+
+    #[test]
+    fn a_refund_gives_back_what_was_never_sent() {
+        let limits = Shaping { messages_per_minute: 1, recipients_per_day: 10, max_recipients_per_message: 500 };
+        let mut shaper = Shaper::new(limits);
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        shaper.admit(now, 3).unwrap();
+        assert!(shaper.admit(now, 1).is_err(), "one message a minute");
+        shaper.refund(3);
+        assert_eq!(shaper.usage(now), (0, 0));
+        shaper.admit(now, 1).unwrap();
     }
 }

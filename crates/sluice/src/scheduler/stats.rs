@@ -4,10 +4,10 @@
 //! Everything here is computed when asked ([`Scheduler::stats`]), under the same locks the workers take,
 //! briefly; nothing is kept up to date on the delivery path except the held-outcome counts below.
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use super::control::{MessageState, state_of};
 use super::{HoldStatus, Scheduler};
 use crate::oauth::TokenStats;
 use crate::spool::now_ms;
@@ -77,18 +77,20 @@ pub struct QueueCounts {
     pub new: usize,
     /// Attempted, waiting for their next try.
     pub deferred: usize,
-    /// Set aside by the route's hold.
+    /// Set aside by a route's hold.
     pub held: usize,
+    /// Held by an administrator (`sluice queue hold`): parked on purpose, never attempted.
+    pub admin_held: usize,
 }
 
 impl QueueCounts {
     pub fn total(&self) -> usize {
-        self.new + self.deferred + self.held
+        self.new + self.deferred + self.held + self.admin_held
     }
 
     /// (label, count) per state, for metrics and the page.
-    pub fn by_state(&self) -> [(&'static str, usize); 3] {
-        [("new", self.new), ("deferred", self.deferred), ("held", self.held)]
+    pub fn by_state(&self) -> [(&'static str, usize); 4] {
+        [("new", self.new), ("deferred", self.deferred), ("held", self.held), ("admin_held", self.admin_held)]
     }
 }
 
@@ -107,7 +109,7 @@ pub struct MailboxQuota {
 pub struct SchedulerStats {
     /// Messages waiting (those in a worker's hands right now are not counted).
     pub queue: QueueCounts,
-    /// Age of the oldest waiting message, by its accept time.
+    /// Age of the oldest waiting message, by its accept time (messages an admin holds are left out).
     pub oldest_age: Option<Duration>,
     /// One entry per upstream, in the order of the configuration.
     pub upstreams: Vec<UpstreamStats>,
@@ -136,23 +138,22 @@ impl Scheduler {
     pub fn stats(&self) -> SchedulerStats {
         let inner = &self.inner;
         let holds = self.holds();
-        let held_ids: HashSet<String> = inner
-            .lanes
-            .iter()
-            .flat_map(|lane| lane.route.lock().expect("route lock").held_ids.iter().cloned().collect::<Vec<_>>())
-            .collect();
+        let route_held = self.route_held_ids();
         let now = now_ms();
         let (queue, oldest) = {
             let queue = inner.queue.lock().expect("queue lock");
             let mut counts = QueueCounts::default();
             let mut oldest: Option<u64> = None;
-            for (id, record) in &queue.waiting {
-                if held_ids.contains(id) {
-                    counts.held += 1;
-                } else if record.attempts == 0 {
-                    counts.new += 1;
-                } else {
-                    counts.deferred += 1;
+            for record in queue.waiting.values() {
+                match state_of(record, false, &route_held) {
+                    // Parked by the admin: not mail that is late (the oldest-age alert would never clear).
+                    MessageState::Held => {
+                        counts.admin_held += 1;
+                        continue;
+                    }
+                    MessageState::RouteHeld => counts.held += 1,
+                    MessageState::Deferred => counts.deferred += 1,
+                    MessageState::Queued | MessageState::Active => counts.new += 1,
                 }
                 oldest = Some(oldest.map_or(record.received_at_ms, |o| o.min(record.received_at_ms)));
             }

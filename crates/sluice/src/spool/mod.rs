@@ -14,8 +14,8 @@
 //!
 //! One file, one fsync: the record and the body cannot be found apart, and a commit costs one file fsync
 //! plus its share of a directory fsync. State updates are write-temp, fsync, rename over `<id>.state`,
-//! fsync dir: a reader sees the old or the new state, never a mix. Removal deletes the state first, then
-//! the message.
+//! fsync dir: a reader sees the old or the new state, never a mix. Removal deletes the message first (the
+//! entry is dead from then on), then its state.
 
 pub mod disk;
 pub mod record;
@@ -116,7 +116,7 @@ pub struct Recovery {
     pub records: Vec<QueueRecord>,
     /// Entries moved to `corrupt/`, with the reason.
     pub quarantined: Vec<(String, String)>,
-    /// Bodies without a record (a crash between the two renames: never acknowledged), removed.
+    /// State files left by a removal interrupted between its two unlinks (no mail in them), removed.
     pub uncommitted_removed: usize,
 }
 
@@ -210,16 +210,17 @@ impl Spool {
         self.inner.queue_sync.sync(&self.inner.queue)
     }
 
-    /// Removes a finished message. Blocking. The state goes first, then the message: a crash between
-    /// the two leaves the message with its accept-time record, to be delivered again (a duplicate, never
-    /// a loss).
+    /// Removes a finished message. Blocking. The message goes first, then its state: the `.msg` is what
+    /// makes an entry live, so once it is gone the message is finished for good, and a state file left by
+    /// a crash (or a failed unlink) is deleted by recovery. The other order would bring the message back
+    /// with its accept-time record, every recipient pending again. `Err`: the message is still live.
     pub fn remove(&self, id: &str) -> io::Result<()> {
-        for path in [self.state_path(id), self.message_path(id)] {
-            match fs::remove_file(path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
+        match fs::remove_file(self.message_path(id)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
         }
+        // The entry is dead already; a state file that stays is debris for recovery, not an error.
+        let _ = fs::remove_file(self.state_path(id));
         Ok(())
     }
 
@@ -255,7 +256,7 @@ impl Spool {
         messages.sort();
         for id in &states {
             if messages.binary_search(id).is_err() {
-                // Only a removal interrupted in an impossible order could leave this; it carries no mail.
+                // A removal interrupted after the message went: the message was finished; no mail here.
                 fs::remove_file(self.state_path(id))?;
                 recovery.uncommitted_removed += 1;
             }

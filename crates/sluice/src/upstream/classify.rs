@@ -5,6 +5,7 @@
 use smtp_wire::Reply;
 
 use super::TransportError;
+use crate::config::UpstreamKind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disposition {
@@ -46,13 +47,22 @@ impl Outcome {
     }
 }
 
-pub fn classify(outcome: &Outcome) -> Disposition {
+/// The verdict on `outcome` from an upstream of `kind`.
+pub fn classify(kind: UpstreamKind, outcome: &Outcome) -> Disposition {
     // Microsoft's replies first: their table says, e.g., that `554 5.2.0 …SubmissionQuotaExceeded` waits
-    // for the quota window instead of bouncing. Its rows are specific (code, enhanced code, text), so a
-    // generic smarthost's replies fall through to the rules below.
-    if let Some(verdict) = super::microsoft::lookup(outcome) {
+    // for the quota window instead of bouncing. Some of its rows are temporary only because their action
+    // (hold the route, split the envelope) comes with them, and actions run on the Microsoft kinds only:
+    // from any other smarthost, a 5xx is permanent as RFC 5321 says.
+    if kind.is_m365()
+        && let Some(verdict) = super::microsoft::lookup(outcome)
+    {
         return verdict.disposition;
     }
+    generic(outcome)
+}
+
+/// The rules for any upstream, when no table of its own decides.
+pub fn generic(outcome: &Outcome) -> Disposition {
     match outcome {
         Outcome::Reply(reply) => match reply.code {
             200..=299 => Disposition::Delivered,
@@ -83,13 +93,13 @@ mod tests {
 
     #[test]
     fn smtp_reply_classes() {
-        assert_eq!(classify(&reply(250)), Disposition::Delivered);
-        assert_eq!(classify(&reply(251)), Disposition::Delivered);
-        assert_eq!(classify(&reply(421)), Disposition::Temporary);
-        assert_eq!(classify(&reply(451)), Disposition::Temporary);
-        assert_eq!(classify(&reply(354)), Disposition::Temporary);
-        assert_eq!(classify(&reply(550)), Disposition::Permanent);
-        assert_eq!(classify(&reply(554)), Disposition::Permanent);
+        assert_eq!(classify(UpstreamKind::Smtp, &reply(250)), Disposition::Delivered);
+        assert_eq!(classify(UpstreamKind::Smtp, &reply(251)), Disposition::Delivered);
+        assert_eq!(classify(UpstreamKind::Smtp, &reply(421)), Disposition::Temporary);
+        assert_eq!(classify(UpstreamKind::Smtp, &reply(451)), Disposition::Temporary);
+        assert_eq!(classify(UpstreamKind::Smtp, &reply(354)), Disposition::Temporary);
+        assert_eq!(classify(UpstreamKind::Smtp, &reply(550)), Disposition::Permanent);
+        assert_eq!(classify(UpstreamKind::Smtp, &reply(554)), Disposition::Permanent);
     }
 
     #[test]
@@ -102,18 +112,28 @@ mod tests {
             TransportError::Session(Reply::new(535, None, "no")),
             TransportError::Protocol("garbage".into()),
         ] {
-            assert_eq!(classify(&Outcome::Transport(err)), Disposition::Temporary);
+            assert_eq!(classify(UpstreamKind::Smtp, &Outcome::Transport(err)), Disposition::Temporary);
         }
     }
 
     #[test]
     fn http_statuses() {
         let http = |status| Outcome::Http { status, reason: String::new(), retry_after: None };
-        assert_eq!(classify(&http(202)), Disposition::Delivered);
-        assert_eq!(classify(&http(429)), Disposition::Temporary);
-        assert_eq!(classify(&http(503)), Disposition::Temporary);
-        assert_eq!(classify(&http(401)), Disposition::Temporary);
-        assert_eq!(classify(&http(400)), Disposition::Permanent);
-        assert_eq!(classify(&http(413)), Disposition::Permanent);
+        assert_eq!(classify(UpstreamKind::Smtp, &http(202)), Disposition::Delivered);
+        assert_eq!(classify(UpstreamKind::Smtp, &http(429)), Disposition::Temporary);
+        assert_eq!(classify(UpstreamKind::Smtp, &http(503)), Disposition::Temporary);
+        assert_eq!(classify(UpstreamKind::Smtp, &http(401)), Disposition::Temporary);
+        assert_eq!(classify(UpstreamKind::Smtp, &http(400)), Disposition::Permanent);
+        assert_eq!(classify(UpstreamKind::Smtp, &http(413)), Disposition::Permanent);
+    }
+
+    #[test]
+    fn microsofts_table_speaks_only_for_microsoft() {
+        let sender_rejected =
+            Outcome::Reply(Reply::new(550, Some(EnhancedCode::new(5, 1, 8)), "Sender address rejected"));
+        // From Exchange Online, 5.1.8 is a configuration matter: held, not bounced.
+        assert_eq!(classify(UpstreamKind::M365Oauth, &sender_rejected), Disposition::Temporary);
+        // From any other smarthost, a 550 is a 550.
+        assert_eq!(classify(UpstreamKind::Smtp, &sender_rejected), Disposition::Permanent);
     }
 }

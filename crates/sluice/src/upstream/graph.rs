@@ -151,7 +151,7 @@ impl GraphSender {
 }
 
 /// "code: message" from Graph's `{"error":{"code","message"}}`, or the start of the body.
-pub(super) fn graph_error(body: &str) -> String {
+pub(crate) fn graph_error(body: &str) -> String {
     let parsed: Option<(String, String)> = serde_json::from_str::<serde_json::Value>(body).ok().and_then(|v| {
         let e = v.get("error")?;
         Some((e.get("code")?.as_str()?.to_owned(), e.get("message").and_then(|m| m.as_str()).unwrap_or("").to_owned()))

@@ -21,6 +21,7 @@ use tracing::{debug, warn};
 
 use super::graph::{Answer, GraphSender, SEND_MAIL_LIMIT};
 use super::{Disposition, Outcome, TransportError, classify};
+use crate::config::UpstreamKind;
 
 /// Bytes per PUT: at most 4 MB each (reference §1e); a multiple of 320 KiB, as Microsoft's upload
 /// sessions prefer.
@@ -63,7 +64,7 @@ pub(super) async fn send_large(g: &GraphSender, mime: &[u8]) -> Result<Outcome, 
         .ok_or_else(|| TransportError::Protocol("Graph created a draft but named no id".into()))?;
     let draft_url = format!("{messages_url}/{}", percent_encode(&id));
     let result = upload_and_send(g, &draft_url, &split.attachments).await;
-    if !matches!(&result, Ok(o) if classify(o) == Disposition::Delivered) {
+    if !matches!(&result, Ok(o) if classify(UpstreamKind::M365Graph, o) == Disposition::Delivered) {
         // Nothing was sent: remove the draft so the next attempt starts clean.
         match g.request(reqwest::Method::DELETE, &draft_url, true, None, &[], b"").await {
             Ok(a) if a.ok() || a.status == 404 => {}

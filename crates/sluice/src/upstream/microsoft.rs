@@ -181,7 +181,7 @@ fn http_verdict(status: u16, reason: &str) -> Option<Verdict> {
 /// [`Action::Bounce`] for what is permanent).
 pub fn action(outcome: &Outcome) -> Action {
     lookup(outcome).map_or_else(
-        || match super::classify(outcome) {
+        || match super::classify::generic(outcome) {
             Disposition::Permanent => Bounce,
             _ => Retry,
         },
@@ -236,6 +236,12 @@ pub enum Key {
 const fn d(code: &'static str, meaning: &'static str, fix: &'static str) -> Diagnosis {
     Diagnosis { code, meaning, fix }
 }
+
+/// A 403 on the large-message path: sending works (Mail.Send), creating drafts does not.
+const DRAFT_DENIED: &str =
+    "the app may send as this mailbox but not create drafts in it, which messages over 3 MB need";
+const DRAFT_FIX: &str = "give app <app-id> the Microsoft Graph application permission Mail.ReadWrite with admin consent \
+(scoped like Mail.Send if you use RBAC for Applications); until then mail over 3 MB holds the route";
 
 const SEND_AS_FIX: &str = "grant the right in Exchange Online PowerShell: `Add-RecipientPermission -Identity <sender> \
      -Trustee <mailbox> -AccessRights SendAs` (for an app-only token the trustee is the app's Exchange service \
@@ -563,6 +569,9 @@ pub static EXPLANATIONS: &[(Key, Diagnosis)] = &[
          the application permission Mail.Send (`roles`); grant it with admin consent",
         ),
     ),
+    // Before the generic 403: the large-message path (drafts, upload sessions) needs one more permission.
+    (Key::Graph(403, Some("create draft")), d("Graph 403 on a draft", DRAFT_DENIED, DRAFT_FIX)),
+    (Key::Graph(403, Some("createUploadSession")), d("Graph 403 on an upload session", DRAFT_DENIED, DRAFT_FIX)),
     (
         Key::Graph(403, None),
         d(
@@ -585,7 +594,9 @@ pub static EXPLANATIONS: &[(Key, Diagnosis)] = &[
         d(
             "Graph 413",
             "the request is over Graph's 4 MB limit",
-            "large messages need an upload session, which sluice does not do yet: use m365-oauth for them",
+            "sluice sends messages over 3 MB through a draft with their attachments uploaded separately; a message \
+         that is large without attachments (a huge body, or attachments nested in another part) cannot go through \
+         Graph: route such senders to m365-oauth",
         ),
     ),
     (
@@ -709,7 +720,11 @@ mod tests {
         ];
         for (code, text, disposition, act) in cases {
             let outcome = reply(*code, text);
-            assert_eq!(super::super::classify(&outcome), *disposition, "{code} {text}");
+            assert_eq!(
+                super::super::classify(crate::config::UpstreamKind::M365Oauth, &outcome),
+                *disposition,
+                "{code} {text}"
+            );
             assert_eq!(action(&outcome), *act, "{code} {text}");
         }
         // Not Microsoft's: the generic rules.
@@ -720,7 +735,7 @@ mod tests {
     #[test]
     fn a_refused_session_is_temporary_even_when_the_row_is_permanent() {
         let session = Outcome::Transport(TransportError::Session(Reply::with_code(550, 5, 7, 30, "Basic auth")));
-        assert_eq!(super::super::classify(&session), Temporary);
+        assert_eq!(super::super::classify(crate::config::UpstreamKind::M365Oauth, &session), Temporary);
         assert_eq!(action(&session), Hold);
     }
 

@@ -139,8 +139,8 @@ pub fn corrupt_files(spool: &Path) -> Vec<String> {
 pub struct SpoolCheck {
     /// Ids of the live messages, each with its whole body.
     pub ids: BTreeSet<String>,
-    /// Uncommitted leftovers recovery would remove (never acknowledged: legitimate right after a
-    /// crash, never otherwise).
+    /// Leftovers recovery would remove: state files of messages whose removal a crash cut short (no
+    /// mail in them; legitimate right after a crash, never otherwise).
     pub uncommitted: usize,
 }
 
@@ -195,11 +195,11 @@ pub fn check_spool(spool: &Path, context: &str) -> SpoolCheck {
     SpoolCheck { ids, uncommitted: recovery.uncommitted_removed }
 }
 
-/// [`check_spool`], and also nothing half-queued: no uncommitted leftover in `queue/`.
+/// [`check_spool`], and also nothing half-removed: no leftover state file in `queue/`.
 #[track_caller]
 pub fn check_spool_settled(spool: &Path, context: &str) -> BTreeSet<String> {
     let check = check_spool(spool, context);
-    assert_eq!(check.uncommitted, 0, "{context}: half-queued files in queue/: {:?}", queue_files(spool));
+    assert_eq!(check.uncommitted, 0, "{context}: half-removed files in queue/: {:?}", queue_files(spool));
     check.ids
 }
 
