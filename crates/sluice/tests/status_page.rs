@@ -80,7 +80,9 @@ async fn the_status_page_shows_a_held_route_and_releases_it() {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
-    assert!(held >= 2.0, "both recipients were set aside by the hold: {scrape}");
+    // The first message's attempt was set aside by the hold; the second may have arrived after the hold
+    // began, and then waits with it without an attempt (so without an outcome to count).
+    assert!(held >= 1.0, "the attempt that met the hold was set aside: {scrape}");
     assert_eq!(value("sluice_queue_messages{state=\"held\"}"), 2.0, "{scrape}");
 
     let screenshot = world.dir.path().join("status-page.png");
